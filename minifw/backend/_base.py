@@ -1,0 +1,109 @@
+"""The :class:`Backend` object: one array engine, its namespace and its conversions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+class Backend:
+    """One array engine.
+
+    ``xp`` is the engine's Array API namespace. ``fast`` is true for engines whose
+    namespace is NumPy-like with ufuncs that accept ``out=`` (NumPy, CuPy): layers use
+    in-place operations there and the portable Array API path everywhere else.
+    Subclasses (one small module per engine) override the conversions.
+    """
+
+    name: str = ""
+    fast: bool = False
+    lazy: bool = False
+
+    def __init__(self, xp: Any, version: str) -> None:
+        self.xp = xp
+        self.version = version
+        self._dtypes = {n: getattr(xp, n) for n in _FLOAT_DTYPES}
+        self._consts: dict[Any, tuple[Any, Any, Any]] = {}
+
+    def consts(self, dtype: Any) -> tuple[Any, Any, Any]:
+        """``(0.5, 1.0, 0.0)`` as 0-d arrays of ``dtype`` (fast path only).
+
+        Ufuncs with a 0-d array of the right dtype run about twice as fast as with a
+        Python float on small arrays, and never change the result's dtype.
+        """
+        c = self._consts.get(dtype)
+        if c is None:
+            xp = self.xp
+            c = self._consts[dtype] = (
+                xp.asarray(0.5, dtype=dtype),
+                xp.asarray(1.0, dtype=dtype),
+                xp.asarray(0.0, dtype=dtype),
+            )
+        return c
+
+    # -- dtypes ---------------------------------------------------------------
+    def dtype(self, name: str) -> Any:
+        """This engine's dtype object for ``"float32"`` or ``"float64"``."""
+        return self._dtypes[name]
+
+    def dtype_name(self, arr: Any) -> str:
+        """``"float32"``, ``"float64"`` or another name for ``arr.dtype``."""
+        for n, d in self._dtypes.items():
+            if arr.dtype == d:
+                return n
+        return str(arr.dtype)
+
+    # -- conversions ----------------------------------------------------------
+    def is_native(self, x: Any) -> bool:
+        """True if ``x`` is already an array of this engine."""
+        raise NotImplementedError
+
+    def from_numpy(self, a: np.ndarray) -> Any:
+        """A copy (or zero-copy view where safe) of NumPy array ``a`` on this engine."""
+        raise NotImplementedError
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """``x`` (an array of this engine) as a NumPy array."""
+        raise NotImplementedError
+
+    def asarray(self, x: Any, dtype: str | None = None) -> Any:
+        """Convert ``x`` (list, scalar, NumPy or another engine's array) to this engine.
+
+        ``dtype`` is a float dtype name; ``None`` keeps float inputs' dtype and casts
+        integer and boolean inputs to float32. Foreign arrays are converted once, here.
+        """
+        if not self.is_native(x):
+            from . import backend_of  # local: avoids an import cycle
+
+            other = backend_of(x)
+            if other is not None and other is not self:
+                x = other.to_numpy(x)
+            a = np.asarray(x)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"expected a numeric array, got dtype {a.dtype}")
+            want = dtype or (a.dtype.name if a.dtype.name in _FLOAT_DTYPES else "float32")
+            if a.dtype.name != want:
+                a = a.astype(want)
+            return self.from_numpy(a)
+        want = dtype or self._default_dtype_for(x)
+        if self.dtype_name(x) != want:
+            x = self.xp.astype(x, self.dtype(want))
+        return x
+
+    def _default_dtype_for(self, x: Any) -> str:
+        name = self.dtype_name(x)
+        return name if name in _FLOAT_DTYPES else "float32"
+
+    # -- device facts ---------------------------------------------------------
+    def devices(self) -> list[str]:
+        """Human-readable names of the devices this engine computes on."""
+        return ["cpu"]
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (a no-op on the CPU)."""
+
+    def __repr__(self) -> str:
+        return f"<minifw backend {self.name!r} ({self.version})>"

@@ -1,0 +1,134 @@
+"""Activation and output functions, on any backend.
+
+Each function takes an array of any engine (or a list / NumPy array) and returns an
+array of the same engine. NumPy and CuPy take a fast path of ufuncs; every other engine
+takes the portable Array API path. Integer and boolean inputs are computed in float32.
+
+All are numerically safe for any finite input: ``sigmoid`` is computed as
+``0.5 * tanh(x / 2) + 0.5``, which never overflows; ``softmax`` and ``log_softmax``
+subtract the per-row maximum first. NaN in gives NaN out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backend as _backend
+from .backend import Backend
+
+__all__ = ["log_softmax", "relu", "sigmoid", "softmax", "step", "tanh", "identity"]
+
+
+def _prep(x: Any) -> tuple[Backend, Any]:
+    b = _backend.backend_of(x)
+    if b is None:  # list, scalar: the current backend
+        b = _backend.current()
+    return b, b.asarray(x)
+
+
+# Each op has an in-place fast form (NumPy/CuPy, on an array the caller owns) and a
+# portable form. Layers call these directly with ``inplace`` when they own the array.
+
+
+def sigmoid_(b: Backend, x: Any, inplace: bool) -> Any:
+    if b.fast:
+        xp = b.xp
+        half = b.consts(x.dtype)[0]
+        y = xp.multiply(x, half, out=x if inplace else None)
+        xp.tanh(y, out=y)
+        y *= half
+        y += half
+        return y
+    return 0.5 * b.xp.tanh(0.5 * x) + 0.5
+
+
+def tanh_(b: Backend, x: Any, inplace: bool) -> Any:
+    if b.fast:
+        return b.xp.tanh(x, out=x if inplace else None)
+    return b.xp.tanh(x)
+
+
+def relu_(b: Backend, x: Any, inplace: bool) -> Any:
+    if b.fast:
+        zero = b.consts(x.dtype)[2]
+        return b.xp.maximum(x, zero, out=x if inplace else None)  # NaN propagates
+    xp = b.xp
+    return xp.where(x < 0, xp.zeros_like(x), x)  # NaN < 0 is False: NaN passes
+
+
+def step_(b: Backend, x: Any, inplace: bool) -> Any:
+    xp = b.xp
+    one = xp.ones_like(x)
+    zero = xp.zeros_like(x)
+    y = xp.where(x > 0, one, zero)
+    return xp.where(xp.isnan(x), x, y)
+
+
+def softmax_(b: Backend, x: Any, inplace: bool, axis: int = -1) -> Any:
+    xp = b.xp
+    if b.fast:  # methods: cheaper than the np.max / np.sum wrappers on small arrays
+        y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=x if inplace else None)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        return y
+    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax_(b: Backend, x: Any, inplace: bool, axis: int = -1) -> Any:
+    xp = b.xp
+    z = x - xp.max(x, axis=axis, keepdims=True)
+    return z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
+
+
+def _check_axis(x: Any, axis: int, fn: str) -> None:
+    nd = len(x.shape)
+    if not isinstance(axis, int) or not -max(nd, 1) <= axis < max(nd, 1) or nd == 0:
+        from .errors import ShapeError
+
+        raise ShapeError(
+            f"{fn}: axis {axis!r} is out of range for an input of shape {tuple(x.shape)}"
+        )
+
+
+def sigmoid(x: Any) -> Any:
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, in [0, 1], without overflow."""
+    b, x = _prep(x)
+    return sigmoid_(b, x, False)
+
+
+def tanh(x: Any) -> Any:
+    """Hyperbolic tangent."""
+    b, x = _prep(x)
+    return tanh_(b, x, False)
+
+
+def relu(x: Any) -> Any:
+    """``max(x, 0)``; NaN stays NaN."""
+    b, x = _prep(x)
+    return relu_(b, x, False)
+
+
+def step(x: Any) -> Any:
+    """Heaviside step: 1 where ``x > 0``, else 0 (NaN stays NaN), in the input's float dtype."""
+    b, x = _prep(x)
+    return step_(b, x, False)
+
+
+def identity(x: Any) -> Any:
+    """The input, converted to a float array of its engine."""
+    return _prep(x)[1]
+
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    """Softmax along ``axis`` (each row of a batch sums to 1), max-subtracted so it never overflows."""
+    b, x = _prep(x)
+    _check_axis(x, axis, "softmax")
+    return softmax_(b, x, False, axis)
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """``log(softmax(x))`` computed stably by log-sum-exp."""
+    b, x = _prep(x)
+    _check_axis(x, axis, "log_softmax")
+    return log_softmax_(b, x, False, axis)
