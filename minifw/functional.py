@@ -121,7 +121,10 @@ def identity(x: Any) -> Any:
 
 
 def softmax(x: Any, axis: int = -1) -> Any:
-    """Softmax along ``axis`` (each row of a batch sums to 1), max-subtracted so it never overflows."""
+    """Softmax along ``axis`` (each row of a batch sums to 1), max-subtracted so ``exp``
+    never overflows. Finite for any finite input; where one row spans more than the dtype's
+    range, ``x - max`` rounds to ``-inf`` (giving the right 0) and NumPy may warn about it.
+    """
     b, x = _prep(x)
     _check_axis(x, axis, "softmax")
     return softmax_(b, x, False, axis)

@@ -21,9 +21,18 @@ settings.register_profile(
     "default",
     deadline=None,
     max_examples=40,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,  # backend_name is a plain parameter
+    ],
 )
-settings.register_profile("thorough", deadline=None, max_examples=500)
+settings.register_profile(
+    "thorough",
+    deadline=None,
+    max_examples=500,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 PORTABLE = ["numpy", "array_api_strict"]
@@ -45,7 +54,9 @@ def on_backend(backend_name: str):
 def assert_namespace(arr: object, backend_name: str) -> None:
     """The array belongs to the engine of ``backend_name`` (not only the right values)."""
     b = mf.backend.get(backend_name)
-    assert b.is_native(arr), f"expected a {backend_name} array, got {type(arr).__module__}.{type(arr).__name__}"
+    assert b.is_native(arr), (
+        f"expected a {backend_name} array, got {type(arr).__module__}.{type(arr).__name__}"
+    )
 
 
 @pytest.fixture

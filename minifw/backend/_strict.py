@@ -24,7 +24,7 @@ class StrictBackend(Backend):
         )
 
     def from_numpy(self, a: np.ndarray) -> Any:
-        return self.xp.asarray(np.ascontiguousarray(a))
+        return self.xp.asarray(a if a.flags.c_contiguous else np.ascontiguousarray(a))
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.from_dlpack(x).copy()

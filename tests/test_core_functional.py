@@ -1,0 +1,216 @@
+"""Properties of the functional ops, on numpy and on array_api_strict."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import assert_namespace
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import minifw as mf
+from minifw import functional as F
+
+FLOAT_DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def finite_arrays(dtype: type, min_dims: int = 1, max_side: int = 6, elements=None):
+    info = np.finfo(dtype)
+    if elements is None:
+        elements = st.floats(
+            float(info.min),
+            float(info.max),
+            allow_nan=False,
+            allow_infinity=False,
+            width=8 * np.dtype(dtype).itemsize,
+        )
+    return hnp.arrays(
+        dtype, hnp.array_shapes(min_dims=min_dims, max_dims=3, max_side=max_side), elements=elements
+    )
+
+
+@st.composite
+def any_finite(draw, min_dims: int = 1):
+    dtype = draw(FLOAT_DTYPES)
+    return draw(finite_arrays(dtype, min_dims))
+
+
+def run(backend_name: str, fn, x: np.ndarray, **kw):
+    """Apply ``fn`` on ``backend_name`` with warnings as errors; return (native, numpy)."""
+    with mf.backend.use(backend_name) as b, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = fn(b.asarray(x), **kw)
+    assert_namespace(y, backend_name)
+    yn = mf.to_numpy(y)
+    assert yn.dtype == x.dtype, f"{fn.__name__} changed dtype {x.dtype} -> {yn.dtype}"
+    assert yn.shape == x.shape
+    return y, yn
+
+
+# -- softmax ------------------------------------------------------------------------------
+
+
+@given(x=any_finite())
+def test_softmax_rows_are_distributions(backend_name: str, x: np.ndarray) -> None:
+    with np.errstate(over="ignore"):
+        span = float(np.ptp(x.astype(np.float64)))
+    if span > float(np.finfo(x.dtype).max):
+        # x - max(x) overflows to -inf (exp gives the right 0); NumPy may warn about it
+        with mf.backend.use(backend_name) as b, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y = mf.to_numpy(F.softmax(b.asarray(x)))
+    else:
+        _, y = run(backend_name, F.softmax, x)
+    assert np.isfinite(y).all()
+    assert (y >= 0).all() and (y <= 1).all()
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5 if x.dtype == np.float32 else 1e-12)
+
+
+@given(
+    x=finite_arrays(np.float64, min_dims=2, elements=st.floats(-50, 50)),
+    c=st.floats(-100, 100),
+)
+def test_softmax_shift_invariant_per_row(backend_name: str, x: np.ndarray, c: float) -> None:
+    _, y = run(backend_name, F.softmax, x)
+    # a different shift for every row: only a per-row softmax is invariant to that
+    shifts = c * np.arange(x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    _, ys = run(backend_name, F.softmax, x + shifts)
+    np.testing.assert_allclose(ys, y, rtol=1e-9, atol=1e-12)
+
+
+@given(x=finite_arrays(np.float64, min_dims=2, elements=st.floats(-1e3, 1e3)))
+def test_softmax_preserves_argmax(backend_name: str, x: np.ndarray) -> None:
+    _, y = run(backend_name, F.softmax, x)
+    top = np.take_along_axis(y, x.argmax(axis=-1)[..., None], axis=-1)
+    assert (top[..., 0] >= y.max(axis=-1)).all()
+
+
+@given(x=finite_arrays(np.float64, min_dims=2, elements=st.floats(-20, 20)), axis=st.integers(0, 1))
+def test_softmax_axis(backend_name: str, x: np.ndarray, axis: int) -> None:
+    _, y = run(backend_name, F.softmax, x, axis=axis)
+    np.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=1e-12)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum(axis=axis, keepdims=True), rtol=1e-12)
+
+
+def test_softmax_is_per_row_not_per_batch() -> None:
+    x = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    y = mf.to_numpy(F.softmax(x))
+    np.testing.assert_allclose(y.sum(axis=1), [1.0, 1.0])
+    np.testing.assert_allclose(y[0], y[1])
+
+
+def test_softmax_bad_axis() -> None:
+    with pytest.raises(
+        mf.ShapeError, match="axis 2 is out of range for an input of shape \\(2, 3\\)"
+    ):
+        F.softmax(np.zeros((2, 3)), axis=2)
+
+
+@given(x=finite_arrays(np.float64, min_dims=1, elements=st.floats(-300, 300)))
+def test_log_softmax_matches_log_of_softmax(backend_name: str, x: np.ndarray) -> None:
+    _, ls = run(backend_name, F.log_softmax, x)
+    _, s = run(backend_name, F.softmax, x)
+    assert np.isfinite(ls).all()
+    with np.errstate(divide="ignore"):
+        logs = np.log(s)
+    ok = s > 1e-300
+    np.testing.assert_allclose(ls[ok], logs[ok], rtol=1e-9, atol=1e-9)
+
+
+# -- sigmoid ------------------------------------------------------------------------------
+
+
+@given(x=any_finite())
+def test_sigmoid_range_and_symmetry(backend_name: str, x: np.ndarray) -> None:
+    _, y = run(backend_name, F.sigmoid, x)
+    _, yneg = run(backend_name, F.sigmoid, -x)
+    assert ((y >= 0) & (y <= 1)).all()
+    eps = np.finfo(x.dtype).eps
+    np.testing.assert_allclose(yneg, 1 - y, atol=2 * eps, rtol=0)
+
+
+@given(x=any_finite())
+def test_sigmoid_monotone(backend_name: str, x: np.ndarray) -> None:
+    xs = np.sort(x.ravel())
+    _, y = run(backend_name, F.sigmoid, xs)
+    assert (np.diff(y) >= 0).all()
+
+
+@given(x=finite_arrays(np.float64, elements=st.floats(-30, 30)))
+def test_sigmoid_matches_definition(backend_name: str, x: np.ndarray) -> None:
+    _, y = run(backend_name, F.sigmoid, x)
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-x)), rtol=1e-12, atol=1e-15)
+
+
+def test_sigmoid_extremes_do_not_warn() -> None:
+    for dt in (np.float32, np.float64):
+        big = np.finfo(dt).max
+        x = np.array([-big, -1000, -89, 0, 89, 1000, big], dtype=dt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = F.sigmoid(x)
+        np.testing.assert_array_equal(y[[0, 1, 3, 5, 6]], np.array([0, 0, 0.5, 1, 1], dt))
+
+
+# -- relu, step, tanh, identity ------------------------------------------------------------------
+
+
+@given(x=any_finite())
+def test_relu_nonnegative_and_idempotent(backend_name: str, x: np.ndarray) -> None:
+    y, yn = run(backend_name, F.relu, x)
+    assert (yn >= 0).all()
+    np.testing.assert_array_equal(yn, np.maximum(x, 0))
+    _, yy = run(backend_name, F.relu, yn)
+    np.testing.assert_array_equal(yy, yn)
+
+
+@given(x=any_finite())
+def test_step_is_zero_or_one(backend_name: str, x: np.ndarray) -> None:
+    _, y = run(backend_name, F.step, x)
+    assert set(np.unique(y)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(y, (x > 0).astype(x.dtype))
+
+
+@given(x=any_finite())
+def test_tanh_odd_and_bounded(backend_name: str, x: np.ndarray) -> None:
+    _, y = run(backend_name, F.tanh, x)
+    _, yneg = run(backend_name, F.tanh, -x)
+    assert (np.abs(y) <= 1).all()
+    np.testing.assert_array_equal(yneg, -y)
+
+
+@pytest.mark.parametrize(
+    "fn", [F.sigmoid, F.relu, F.tanh, F.step, F.identity, F.softmax, F.log_softmax]
+)
+def test_nan_in_nan_out(backend_name: str, fn) -> None:
+    x = np.array([[np.nan, 1.0, -1.0]], dtype=np.float32)
+    with mf.backend.use(backend_name) as b, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = mf.to_numpy(fn(b.asarray(x)))
+    assert np.isnan(y[0, 0])
+    if fn not in (F.softmax, F.log_softmax):  # elementwise: the rest is untouched
+        assert not np.isnan(y[0, 1:]).any()
+
+
+def test_integer_and_list_inputs_become_float32() -> None:
+    for fn in (F.sigmoid, F.relu, F.step, F.softmax):
+        y = fn([1, 2, 3])
+        assert y.dtype == np.float32, fn.__name__
+        assert fn(np.arange(3)).dtype == np.float32
+
+
+def test_input_not_modified() -> None:
+    x = np.array([[1.0, -2.0, 3.0]], dtype=np.float32)
+    before = x.copy()
+    for fn in (F.sigmoid, F.relu, F.tanh, F.step, F.softmax, F.log_softmax):
+        fn(x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_non_numeric_input_is_a_clear_type_error() -> None:
+    with pytest.raises(TypeError, match="numeric"):
+        F.sigmoid(np.array(["a", "b"]))
