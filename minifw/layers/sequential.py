@@ -150,7 +150,7 @@ class Sequential(Module):
             return res if (y_owned or res is not y) and not _aliases(res, x) else res.copy()
         out: np.ndarray | None = None
         for start in range(0, n, batch_size):
-            y, _ = self._forward(xb[start : start + batch_size, ...], False, False)
+            y, _ = self._forward(xb[start : min(start + batch_size, n), ...], False, False)
             yn = b.to_numpy(y)
             if out is None:
                 out = np.empty((n,) + yn.shape[1:], dtype=yn.dtype)
