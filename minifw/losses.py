@@ -134,7 +134,8 @@ class Loss:
     def _keeps_int(self, b: Backend, target: Any) -> bool:
         return False
 
-    def _compute(self, b: Backend, pred: Any, target: Any) -> tuple[Any, Any]:
+    def _compute(self, b: Backend, pred: Any, target: Any, check: bool = True) -> tuple[Any, Any]:
+        """(loss as a 0-d backend array, dL/dpred); ``check=False`` skips target checks."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -183,9 +184,9 @@ class CrossEntropy(Loss):
     def _keeps_int(self, b: Backend, target: Any) -> bool:
         return _int_like(target)
 
-    def _compute(self, b: Backend, pred: Any, target: Any) -> tuple[Any, Any]:
+    def _compute(self, b: Backend, pred: Any, target: Any, check: bool = True) -> tuple[Any, Any]:
         index = _check_target(pred, target, b, "CrossEntropy")
-        if index:
+        if index and check:
             _check_index_range(b, target, pred.shape[1], "CrossEntropy")
         if self.from_logits:
             return softmax_cross_entropy(b, pred, target)
@@ -223,7 +224,7 @@ class MSE(Loss):
 
     name = "mse"
 
-    def _compute(self, b: Backend, pred: Any, target: Any) -> tuple[Any, Any]:
+    def _compute(self, b: Backend, pred: Any, target: Any, check: bool = True) -> tuple[Any, Any]:
         if tuple(target.shape) != tuple(pred.shape):
             raise ShapeError(
                 f"MSE: target shape {tuple(target.shape)} does not match the prediction "

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backend as _backend
 from ..errors import BackendError
 from .module import Module
 
@@ -128,7 +129,9 @@ class Sequential(Module):
 
         Returns a NumPy array that belongs to the caller (later calls never overwrite
         it); for a lazy engine such as dask, a lazy array of that engine. Safe to call
-        from several threads at once. ``batch_size=None`` runs one batch.
+        from several threads at once. ``batch_size=None`` runs one batch. A dask array
+        ``x`` gives a lazy dask result whatever the model's backend (chunks mapped over
+        with a NumPy copy of the model; see ``minifw.backend._dask``).
         """
         if batch_size is not None and (
             isinstance(batch_size, bool)
@@ -141,6 +144,10 @@ class Sequential(Module):
         b = self.backend
         if b.lazy:
             return b.predict(self, x, batch_size)  # type: ignore[attr-defined]
+        if type(x) is not np.ndarray:
+            xb_owner = _backend.backend_of(x)
+            if xb_owner is not None and xb_owner.lazy:  # a dask array: a lazy result
+                return xb_owner.predict(self, x, batch_size)  # type: ignore[attr-defined]
         xb = b.asarray(x, self.dtype)
         owned = xb is not x
         n = xb.shape[0] if len(xb.shape) >= 2 else 1
@@ -156,6 +163,46 @@ class Sequential(Module):
                 out = np.empty((n,) + yn.shape[1:], dtype=yn.dtype)
             out[start : start + yn.shape[0]] = yn
         return out
+
+    # -- training (minifw/training.py does the work) ---------------------------------------
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        loss: Any = "cross_entropy",
+        optimizer: Any = None,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        validation_data: tuple[Any, Any] | None = None,
+        progress: bool = True,
+    ) -> Any:
+        """Train on ``(x, y)``; returns a ``History`` (see :func:`minifw.training.fit`)."""
+        from ..training import fit
+
+        return fit(
+            self,
+            x,
+            y,
+            loss=loss,
+            optimizer=optimizer,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            validation_data=validation_data,
+            progress=progress,
+        )
+
+    def evaluate(
+        self, x: Any, y: Any, batch_size: int | None = None, *, loss: Any = None
+    ) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` on ``(x, y)`` (see :func:`minifw.training.evaluate`)."""
+        from ..training import evaluate
+
+        return evaluate(self, x, y, batch_size, loss=loss)
 
     # -- description -----------------------------------------------------------------------
     def summary(

@@ -1,0 +1,331 @@
+"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
+
+An optimizer is built without parameters (``Adam(lr=1e-3)``) and updates a model in
+``opt.step(model)`` from the gradients its layers' ``backward`` left in ``module.grads``.
+Its state (moment buffers, step count) is keyed by the model's ``state_dict`` keys.
+
+On NumPy and CuPy parameters are updated in place with ufuncs writing into buffers kept
+from step to step; on every other engine (the Array API path, where arrays may be
+immutable, as in JAX) each step computes new arrays and hands them to the layer with
+``module._assign``. The formulas are PyTorch's, so results agree with ``torch.optim``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .errors import FormatError
+from .layers.module import Module
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "get"]
+
+
+def _check_float(
+    name: str, v: Any, lo: float, hi: float = math.inf, hi_open: bool = False
+) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if not (lo <= f and (f < hi if hi_open else f <= hi)) or math.isnan(f):
+        bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
+        raise ValueError(f"{name} must be in {bound}, got {v!r}")
+    return f
+
+
+class Optimizer:
+    """Base class. Subclasses implement ``_update_fast`` and ``_update_generic``."""
+
+    #: names of the per-parameter state arrays, e.g. ``("exp_avg", "exp_avg_sq")``
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, lr: float) -> None:
+        self.lr = _check_float("lr", lr, 0.0)
+        self.t = 0  # steps taken
+        self.state: dict[str, dict[str, Any]] = {}
+        self._scratch: dict[str, Any] = {}  # fast path: one temporary per parameter
+
+    # -- public API ----------------------------------------------------------------
+    def step(self, model: Module) -> None:
+        """Update every parameter of ``model`` from its ``grads`` (one optimisation step)."""
+        slots = list(_slots(model))
+        for key, m, n in slots:
+            if m.grads.get(n) is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.step: {m._where()} has no gradient for {n!r} "
+                    f"(state dict key {key!r}); run a training-mode forward and backward first"
+                )
+        self.t += 1
+        for key, m, n in slots:
+            p, g = m.get_param(n), m.grads[n]
+            st = self.state.get(key)
+            if st is None:
+                st = self.state[key] = {}
+            elif st and not m.backend.is_native(next(iter(st.values()))):
+                st = self.state[key] = {
+                    k: m.backend.asarray(v, m.backend.dtype_name(p)) for k, v in st.items()
+                }
+            if m._fast:
+                tmp = self._scratch.get(key)
+                if tmp is None or tmp.shape != p.shape or tmp.dtype != p.dtype:
+                    tmp = self._scratch[key] = m.backend.xp.empty_like(p)
+                self._update_fast(m.backend.xp, p, g, st, tmp)
+            else:
+                m._assign(n, self._update_generic(m.backend.xp, p, g, st))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-able)."""
+        return {"lr": self.lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"name", "hyperparameters", "step", "state": {key: {buffer: ndarray}}}``.
+
+        Arrays are NumPy copies, so the result can be saved and loaded on any backend.
+        """
+        from ._convert import to_numpy
+
+        return {
+            "name": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "step": self.t,
+            "state": {
+                key: {k: np.array(to_numpy(v), copy=True) for k, v in st.items()}
+                for key, st in self.state.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> Optimizer:
+        """Restore what :meth:`state_dict` returned (arrays move to the model's backend
+        at the next step). A state dict of another optimizer type is a FormatError."""
+        if not hasattr(state, "keys") or not {"name", "step", "state"} <= set(state.keys()):
+            raise FormatError(
+                f"{type(self).__name__}.load_state_dict: expected a dict with keys 'name', "
+                f"'hyperparameters', 'step', 'state' (from state_dict()), got {state!r:.200}"
+            )
+        if state["name"] != type(self).__name__:
+            raise FormatError(
+                f"{type(self).__name__}.load_state_dict: the state dict is of a "
+                f"{state['name']} optimizer"
+            )
+        hyper = dict(state.get("hyperparameters", {}))
+        type(self).__init__(self, **hyper)  # validates and sets the hyperparameters
+        new_state: dict[str, dict[str, Any]] = {}
+        for key, st in state["state"].items():
+            if set(st) != set(self.state_names) and st:
+                raise FormatError(
+                    f"{type(self).__name__}.load_state_dict: parameter {key!r} has buffers "
+                    f"{sorted(st)}, expected {sorted(self.state_names)}"
+                )
+            new_state[key] = {k: np.array(v, copy=True) for k, v in st.items()}
+        self.t = int(state["step"])
+        self.state = new_state
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- per-parameter updates ----------------------------------------------------------
+    def _update_fast(self, xp: Any, p: Any, g: Any, st: dict[str, Any], tmp: Any) -> None:
+        raise NotImplementedError
+
+    def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+def _slots(model: Module) -> Iterator[tuple[str, Module, str]]:
+    if not isinstance(model, Module):
+        raise TypeError(f"optimizer.step expects a minifw Module, got {type(model).__name__}")
+    return model.named_parameter_slots()
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, PyTorch's formulation.
+
+    ``g += weight_decay * p``; with momentum ``buf = momentum * buf + g`` (``buf = g`` at
+    the first step) and ``g = g + momentum * buf`` (Nesterov) or ``g = buf``; then
+    ``p -= lr * g``.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(lr)
+        self.momentum = _check_float("momentum", momentum, 0.0, 1.0, hi_open=True)
+        self.weight_decay = _check_float("weight_decay", weight_decay, 0.0)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        self.state_names = ("momentum_buffer",) if self.momentum else ()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
+
+    def _update_fast(self, xp: Any, p: Any, g: Any, st: dict[str, Any], tmp: Any) -> None:
+        mu, wd, lr = self.momentum, self.weight_decay, self.lr
+        if wd:
+            xp.multiply(p, wd, out=tmp)
+            tmp += g
+            g = tmp
+        if mu:
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = g.copy()
+            else:
+                buf *= mu
+                buf += g
+            if self.nesterov:  # p -= lr * (g + mu * buf), in two passes through tmp
+                xp.multiply(g, lr, out=tmp)
+                p -= tmp
+                xp.multiply(buf, lr * mu, out=tmp)
+                p -= tmp
+                return
+            g = buf
+        xp.multiply(g, lr, out=tmp)
+        p -= tmp
+
+    def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        mu, wd = self.momentum, self.weight_decay
+        if wd:
+            g = g + wd * p
+        if mu:
+            buf = st.get("momentum_buffer")
+            buf = g if buf is None else mu * buf + g
+            st["momentum_buffer"] = buf
+            g = g + mu * buf if self.nesterov else buf
+        return p - self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), PyTorch's formulation; ``weight_decay`` is the coupled L2 term.
+
+    ``g += weight_decay * p``; ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g**2``;
+    ``p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``.
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        self.betas = (
+            _check_float("betas[0]", betas[0], 0.0, 1.0, hi_open=True),
+            _check_float("betas[1]", betas[1], 0.0, 1.0, hi_open=True),
+        )
+        self.eps = _check_float("eps", eps, 0.0)
+        self.weight_decay = _check_float("weight_decay", weight_decay, 0.0)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+
+    def _factors(self) -> tuple[float, float]:
+        """(step size, eps') with ``p -= step * m / (sqrt(v) + eps')`` equal to the formula."""
+        b1, b2 = self.betas
+        bc1 = 1.0 - b1**self.t
+        sbc2 = math.sqrt(1.0 - b2**self.t)
+        return self.lr * sbc2 / bc1, self.eps * sbc2
+
+    def _update_fast(self, xp: Any, p: Any, g: Any, st: dict[str, Any], tmp: Any) -> None:
+        b1, b2 = self.betas
+        wd = self.weight_decay
+        if wd:
+            if self._decoupled:
+                p *= 1.0 - self.lr * wd
+            else:
+                xp.multiply(p, wd, out=tmp)
+                tmp += g
+                g = tmp.copy()
+        m = st.get("exp_avg")
+        if m is None:
+            m = st["exp_avg"] = xp.zeros_like(p)
+            v = st["exp_avg_sq"] = xp.zeros_like(p)
+        else:
+            v = st["exp_avg_sq"]
+        # m = b1 m + (1 - b1) g  ==  b1 (m - g) + g
+        m -= g
+        m *= b1
+        m += g
+        # v = b2 v + (1 - b2) g^2  ==  b2 (v - g^2) + g^2
+        xp.multiply(g, g, out=tmp)
+        v -= tmp
+        v *= b2
+        v += tmp
+        step, eps = self._factors()
+        xp.sqrt(v, out=tmp)
+        tmp += eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= step
+        p -= tmp
+
+    def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        b1, b2 = self.betas
+        wd = self.weight_decay
+        if wd:
+            if self._decoupled:
+                p = p * (1.0 - self.lr * wd)
+            else:
+                g = g + wd * p
+        m = st.get("exp_avg")
+        v = st.get("exp_avg_sq")
+        m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
+        v = (1.0 - b2) * (g * g) if v is None else b2 * v + (1.0 - b2) * (g * g)
+        st["exp_avg"], st["exp_avg_sq"] = m, v
+        step, eps = self._factors()
+        return p - step * (m / (xp.sqrt(v) + eps))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``p *= 1 - lr * weight_decay``
+    before the Adam step, instead of adding the decay to the gradient."""
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        super().__init__(lr, betas, eps, weight_decay)
+
+
+_NAMES: dict[str, Callable[[], Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def get(optimizer: str | Optimizer) -> Optimizer:
+    """An optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``, default settings) or an
+    instance (returned as is)."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in _NAMES:
+        return _NAMES[optimizer.lower()]()
+    raise ValueError(
+        f"unknown optimizer {optimizer!r}; choose one of {sorted(_NAMES)} or an Optimizer "
+        "instance from minifw.optim"
+    )
