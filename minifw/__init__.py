@@ -10,7 +10,7 @@ see :mod:`minifw.backend`. Importing minifw imports only NumPy.
 
 from __future__ import annotations
 
-from . import backend, functional
+from . import backend, functional, losses, optim
 from ._convert import to_numpy
 from ._random import seed
 from .errors import BackendError, FormatError, MinifwError, ShapeError
@@ -26,6 +26,7 @@ from .layers import (
     Step,
     Tanh,
 )
+from .training import History, NonFiniteLossError
 
 __version__ = "0.1.0"
 
@@ -34,9 +35,11 @@ __all__ = [
     "Dense",
     "Flatten",
     "FormatError",
+    "History",
     "Identity",
     "MinifwError",
     "Module",
+    "NonFiniteLossError",
     "ReLU",
     "Sequential",
     "ShapeError",
@@ -47,6 +50,8 @@ __all__ = [
     "__version__",
     "backend",
     "functional",
+    "losses",
+    "optim",
     "seed",
     "to_numpy",
 ]
