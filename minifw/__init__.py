@@ -30,6 +30,8 @@ from .training import History, NonFiniteLossError
 
 __version__ = "0.1.0"
 
+from .persistence import from_weights, load, save  # noqa: E402  (needs __version__)
+
 __all__ = [
     "BackendError",
     "Dense",
@@ -49,6 +51,9 @@ __all__ = [
     "Tanh",
     "__version__",
     "backend",
+    "from_weights",
+    "load",
+    "save",
     "functional",
     "losses",
     "optim",

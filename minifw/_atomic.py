@@ -8,11 +8,15 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+_UMASK: int | None = None
+
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    global _UMASK
+    if _UMASK is None:  # os.umask can only be read by setting it: do that once
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ the same of the result. A module that keeps ``y`` for its backward returns ``Fal
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -214,3 +215,11 @@ class Module:
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments, JSON-serialisable (used by save/load)."""
         return {}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save architecture and parameters to ``path`` (``.npz``, or ``.safetensors``);
+        ``minifw.load(path)`` gives an equal model. See :mod:`minifw.persistence`.
+        """
+        from ..persistence import save
+
+        save(self, path)
