@@ -80,7 +80,9 @@ class Backend:
 
             other = backend_of(x)
             if other is not None and other is not self:
-                x = other.to_numpy(x)
+                x = self._from_foreign(x, other)
+                if self.is_native(x):  # came over by DLPack: only the dtype is left to do
+                    return self.asarray(x, dtype)
             a = np.asarray(x)
             if a.dtype.kind not in "biuf":
                 raise TypeError(f"expected a numeric array, got dtype {a.dtype}")
@@ -92,6 +94,40 @@ class Backend:
         if self.dtype_name(x) != want:
             x = self.xp.astype(x, self.dtype(want))
         return x
+
+    #: try DLPack (zero-copy where the devices allow) before going through NumPy
+    dlpack: bool = True
+
+    def _from_foreign(self, x: Any, other: Backend) -> Any:
+        """``x``, an array of backend ``other``, as this engine's array or as NumPy.
+
+        DLPack first (no host round trip between GPU engines); NumPy otherwise. A
+        failure of both is a :class:`minifw.BackendError` naming both engines. NumPy
+        arrays go through ``from_numpy``, which decides whether to copy.
+        """
+        if self.dlpack and other.name != "numpy" and hasattr(x, "__dlpack__"):
+            try:
+                y = self.xp.from_dlpack(x)
+            except Exception:  # another device, needs grad, unsupported dtype: use NumPy
+                pass
+            else:
+                # fast engines write into arrays they own: never into the other engine's
+                return self.xp.asarray(y, copy=True) if self.fast else y
+        try:
+            return other.to_numpy(x)
+        except Exception as e:
+            from ..errors import BackendError
+
+            raise BackendError(
+                f"cannot convert a {other.name} array ({type(x).__name__}, shape "
+                f"{tuple(getattr(x, 'shape', ()))}) to backend {self.name!r}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Pickled (and deep-copied) by name: a model sent to a worker process finds the
+        # same engine there. Backends are singletons per process.
+        return (_by_name, (self.name,))
 
     def _default_dtype_for(self, x: Any) -> str:
         name = self.dtype_name(x)
@@ -107,3 +143,9 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<minifw backend {self.name!r} ({self.version})>"
+
+
+def _by_name(name: str) -> Backend:
+    from . import get
+
+    return get(name)
