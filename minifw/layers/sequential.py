@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from .. import backend as _backend
-from .. import backend as _backend
 from ..errors import BackendError
 from .module import Module
 
@@ -132,8 +131,6 @@ class Sequential(Module):
         it); for a lazy engine such as dask, a lazy array of that engine. Safe to call
         from several threads at once. ``batch_size=None`` runs one batch. A dask array
         ``x`` gives a lazy dask result whatever the model's backend (chunks mapped over
-        with a NumPy copy of the model; see ``minifw.backend._dask``). A dask array
-        ``x`` gives a lazy dask result whatever the model's backend (chunks mapped over
         with a NumPy copy of the model; see ``minifw.backend._dask``).
         """
         if batch_size is not None and (
@@ -147,10 +144,6 @@ class Sequential(Module):
         b = self.backend
         if b.lazy:
             return b.predict(self, x, batch_size)  # type: ignore[attr-defined]
-        if type(x) is not np.ndarray:
-            xb_owner = _backend.backend_of(x)
-            if xb_owner is not None and xb_owner.lazy:  # a dask array: a lazy result
-                return xb_owner.predict(self, x, batch_size)  # type: ignore[attr-defined]
         if type(x) is not np.ndarray:
             xb_owner = _backend.backend_of(x)
             if xb_owner is not None and xb_owner.lazy:  # a dask array: a lazy result
