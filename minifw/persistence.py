@@ -361,7 +361,8 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None) -> Module:
         if HEADER_KEY not in arrays:
             raise FormatError(
                 f"{file}: no {HEADER_KEY!r} entry, so not a model saved by minifw (entries: "
-                f"{sorted(arrays)[:8]}); for a plain W1, b1, ... weight file use mf.from_weights"
+                f"{sorted(arrays)[:8]}); for a plain W1, b1, ... weight file use mf.from_weights "
+                "(on the command line: --from-weights)"
             )
         h = arrays.pop(HEADER_KEY)
         if h.dtype.kind != "U" or h.shape != ():
@@ -372,7 +373,8 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None) -> Module:
         if _ST_META_KEY not in meta:
             raise FormatError(
                 f"{file}: the safetensors metadata has no {_ST_META_KEY!r} architecture, so it "
-                "was not saved by minifw; for a plain W1, b1, ... weight file use mf.from_weights"
+                "was not saved by minifw; for a plain W1, b1, ... weight file use mf.from_weights "
+                "(on the command line: --from-weights)"
             )
         text = meta[_ST_META_KEY]
     else:
