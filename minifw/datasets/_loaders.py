@@ -172,7 +172,14 @@ def _progress_bar(fname: str) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         return False
-    return tqdm(desc=f"Downloading {fname}", unit="B", unit_scale=True, leave=False, disable=None)
+    # total=1 until pooch sets the real size: a bar with no total has no truth value
+    bar = tqdm(
+        desc=f"Downloading {fname}", total=1, unit="B", unit_scale=True, leave=False, disable=None
+    )
+    if bar.disable:  # not a terminal
+        bar.close()
+        return False
+    return bar
 
 
 def _download(
@@ -228,7 +235,7 @@ def _download(
             os.replace(tmp, final)
             tmp = ""
             return arr
-        except Exception as e:  # network errors of any kind: try the next mirror
+        except OSError as e:  # network errors (requests' are OSErrors too): next mirror
             failures.append(f"{url}: {type(e).__name__}: {e}")
         finally:
             if tmp:
