@@ -1,0 +1,179 @@
+"""One Fashion-MNIST training epoch: minifw against PyTorch CPU, in one process.
+
+The MLP 784-256-128-10 (ReLU, softmax cross-entropy), batch 128, Adam (lr 1e-3), float32.
+Both engines start from the same initial weights and see the same per-epoch shuffles;
+epochs alternate between the engines (minifw, torch, minifw, torch, ...) so that both
+meet the same machine conditions, and the medians of the per-epoch times are compared.
+
+    python benchmarks/train_epoch.py [--epochs 5] [--data-dir ../shared/data] [--json out.json]
+
+The data is read from ``$MINIFW_DATA_DIR/fashion-mnist`` (or ``--data-dir``); with
+``--synthetic`` random data of the same shape is used instead (no files needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import minifw as mf
+
+BATCH = 128
+LR = 1e-3
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """A gzip'd IDX file (uint8 payload) as a NumPy array."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_train(data_dir: Path | None, synthetic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST training split as (60000, 784) float32 in [0, 1] and int64 labels."""
+    if synthetic:
+        rng = np.random.default_rng(0)
+        return rng.random((60000, 784), dtype=np.float32), rng.integers(0, 10, 60000)
+    if data_dir is None:
+        raise SystemExit("no data: set MINIFW_DATA_DIR, pass --data-dir, or use --synthetic")
+    d = data_dir / "fashion-mnist"
+    x = _read_idx(d / "train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255.0
+    y = _read_idx(d / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    return x, y
+
+
+def build_minifw(seed: int) -> mf.Sequential:
+    mf.seed(seed)
+    return mf.Sequential(
+        mf.Dense(784, 256),
+        mf.ReLU(),
+        mf.Dense(256, 128),
+        mf.ReLU(),
+        mf.Dense(128, 10),
+        mf.Softmax(),
+    )
+
+
+def build_torch(model: mf.Sequential) -> tuple[Any, Any, Any]:
+    """The same network in PyTorch, initialised with the minifw model's weights."""
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Linear(784, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )
+    sd = model.state_dict()
+    with torch.no_grad():
+        for i in (0, 2, 4):
+            net[i].weight.copy_(torch.from_numpy(sd[f"{i}.weight"].T.copy()))
+            net[i].bias.copy_(torch.from_numpy(sd[f"{i}.bias"]))
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    return net, opt, torch.nn.CrossEntropyLoss()
+
+
+def torch_epoch(
+    net: Any, opt: Any, lossf: Any, xt: Any, yt: Any, order: np.ndarray
+) -> tuple[float, float]:
+    """One epoch in the usual PyTorch loop; returns (seconds, mean loss)."""
+    import torch
+
+    idx_all = torch.from_numpy(order)
+    n = xt.shape[0]
+    total = 0.0
+    t0 = time.perf_counter()
+    for s in range(0, n, BATCH):
+        idx = idx_all[s : s + BATCH]
+        xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(net(xb), yb)
+        loss.backward()
+        opt.step()
+        total += loss.item() * xb.shape[0]
+    return time.perf_counter() - t0, total / n
+
+
+def minifw_epoch(
+    model: mf.Sequential, opt: Any, x: np.ndarray, y: np.ndarray, seed: int
+) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    h = model.fit(x, y, optimizer=opt, epochs=1, batch_size=BATCH, seed=seed, progress=False)
+    return time.perf_counter() - t0, h.history["loss"][0]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=5, help="epochs per engine (default 5)")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--synthetic", action="store_true", help="random data, no files needed")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    data_dir = args.data_dir or (
+        Path(os.environ["MINIFW_DATA_DIR"]) if os.environ.get("MINIFW_DATA_DIR") else None
+    )
+    x, y = load_train(data_dir, args.synthetic)
+    model = build_minifw(0)
+    opt = mf.optim.Adam(lr=LR)
+    res: dict[str, Any] = {
+        "task": "Fashion-MNIST epoch, MLP 784-256-128-10 ReLU, batch 128, Adam lr 1e-3, float32",
+        "samples": int(x.shape[0]),
+        "minifw": {"seconds": [], "loss": []},
+    }
+    try:
+        import torch
+    except ImportError:
+        torch = None  # type: ignore[assignment]
+        res["torch"] = "not installed (pip install torch); skipped"
+    if torch is not None:
+        net, topt, lossf = build_torch(model)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        res["torch"] = {"seconds": [], "loss": [], "version": torch.__version__}
+        res["torch_threads"] = torch.get_num_threads()
+    # Both engines draw the same shuffles: the order minifw's fit(seed=s) uses.
+    for e in range(args.epochs):
+        seed = 1000 + e
+        t, loss = minifw_epoch(model, opt, x, y, seed)
+        res["minifw"]["seconds"].append(t)
+        res["minifw"]["loss"].append(loss)
+        if torch is not None:
+            time.sleep(0.2)  # let the other library's BLAS threads stop spinning
+            order = np.random.default_rng(seed).permutation(x.shape[0])
+            t, loss = torch_epoch(net, topt, lossf, xt, yt, order)
+            res["torch"]["seconds"].append(t)
+            res["torch"]["loss"].append(loss)
+            time.sleep(0.2)
+        print(
+            f"epoch {e + 1}: minifw {res['minifw']['seconds'][-1]:.3f} s (loss "
+            f"{res['minifw']['loss'][-1]:.4f})"
+            + (
+                f", torch {res['torch']['seconds'][-1]:.3f} s (loss {res['torch']['loss'][-1]:.4f})"
+                if torch is not None
+                else ""
+            ),
+            file=sys.stderr,
+        )
+    res["minifw"]["median_s"] = statistics.median(res["minifw"]["seconds"])
+    if torch is not None:
+        res["torch"]["median_s"] = statistics.median(res["torch"]["seconds"])
+        res["ratio_minifw_over_torch"] = res["minifw"]["median_s"] / res["torch"]["median_s"]
+    print(json.dumps(res, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
