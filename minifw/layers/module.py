@@ -176,16 +176,23 @@ class Module:
         return self
 
     def to(self, name: str) -> Module:
-        """Move parameters to backend ``name``; returns ``self``."""
+        """Move parameters to backend ``name``; returns ``self``.
+
+        All or nothing: if one parameter cannot move, the model is left as it was.
+        """
         target = _backend.get(name, source=f"{type(self).__name__}.to()")
+        moved: list[tuple[Module, dict[str, Any]]] = []
         for m in self.modules():
             if m.backend is not target:
-                for n in m.param_names:
-                    p = m.get_param(n)
-                    setattr(m, "_" + n, target.asarray(p, m.backend.dtype_name(p)))
-                m.backend = target
-                m.grads = {}
-                m._clear_cache()
+                old = {n: m.get_param(n) for n in m.param_names}
+                new = {n: target.asarray(p, m.backend.dtype_name(p)) for n, p in old.items()}
+                moved.append((m, new))
+        for m, params in moved:
+            for n, p in params.items():
+                setattr(m, "_" + n, p)
+            m.backend = target
+            m.grads = {}
+            m._clear_cache()
         return self
 
     @property
