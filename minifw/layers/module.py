@@ -28,6 +28,15 @@ class Module:
 
     #: names of this module's parameters, e.g. ``("weight", "bias")``
     param_names: tuple[str, ...] = ()
+    #: attributes that are caches rebuilt on demand: pickled and deep-copied as ``None``
+    _transient: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for k in self._transient:
+            if k in state:
+                state[k] = None
+        return state
 
     def __init__(self) -> None:
         self.backend = _backend.current()

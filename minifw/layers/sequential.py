@@ -20,6 +20,8 @@ class Sequential(Module):
     (784, 50)
     """
 
+    _transient = ("_plan",)  # the fast path's compiled plan (minifw._fast), rebuilt on use
+
     def __init__(self, *modules: Module) -> None:
         super().__init__()
         self._modules: list[Module] = []
