@@ -73,4 +73,3 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _fresh_seed() -> None:
     mf.seed(12345)
-    np.random.seed(0)
