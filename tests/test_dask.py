@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +151,39 @@ def test_dask_backend_forward_backward_is_lazy() -> None:
 def test_devices_names_the_scheduler(client) -> None:
     b = mf.backend.get("dask")
     assert b.devices()[0].startswith("distributed ") and "2 workers" in b.devices()[0]
+
+
+def _example():
+    path = Path(__file__).resolve().parent.parent / "examples" / "dask_inference.py"
+    spec = importlib.util.spec_from_file_location("minifw_example_dask_inference", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(mod)  # the workers cannot import it by name
+    return mod
+
+
+def test_example_on_a_scheduler_address(client, tmp_path: Path) -> None:
+    ex = _example()
+    env = os.environ.get("MINIFW_DATA_DIR")
+    data_dir = Path(env) if env and Path(env).is_dir() else None
+    model, have_mnist = ex.build_model(data_dir)
+    rows = tmp_path / "rows.npy"
+    labels = ex.make_dataset(rows, 2500, data_dir if have_mnist else None, block=1000)
+    out = tmp_path / "pred.npy"
+    r = ex.run(
+        scheduler=client.scheduler.address, data_file=rows, out=out, chunk_rows=600,
+        data_dir=data_dir,
+    )  # fmt: skip
+    assert (r["rows"], r["chunks"], r["workers"]) == (2500, 5, 2)
+    expect = model.predict(np.load(rows)).argmax(axis=1)
+    np.testing.assert_array_equal(np.load(out), expect)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["rows.npy", "pred.npy"] + (["rows.labels.npy"] if labels else [])
+    )  # no temporary file left
+    if have_mnist:
+        assert r["accuracy"] == pytest.approx(np.mean(expect == np.load(labels)))
+        assert r["accuracy"] > 0.9
