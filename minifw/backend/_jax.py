@@ -51,7 +51,10 @@ class JaxBackend(Backend):
         return np.asarray(self._jax.device_get(x))
 
     def devices(self) -> list[str]:
-        return [f"{d.platform}:{d.id} {d.device_kind}" for d in self._jax.devices()]
+        return [
+            f"{d.platform}:{d.id}" + ("" if d.device_kind == d.platform else f" {d.device_kind}")
+            for d in self._jax.devices()
+        ]
 
     def synchronize(self) -> None:
         # JAX has no global "wait for the device"; to_numpy and block_until_ready on a
