@@ -13,7 +13,10 @@ immutable, as in JAX) each step computes new arrays and hands them to the layer 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,7 @@ class Optimizer:
         self.t = 0  # steps taken
         self.state: dict[str, dict[str, Any]] = {}
         self._scratch: dict[str, Any] = {}  # fast path: one temporary per parameter
+        self._flat: _Flat | None = None  # fast path: the model's parameters in one buffer
 
     # -- public API ----------------------------------------------------------------
     def step(self, model: Module) -> None:
@@ -59,6 +63,13 @@ class Optimizer:
                     f"(state dict key {key!r}); run a training-mode forward and backward first"
                 )
         self.t += 1
+        if slots and all(m._fast for _, m, _ in slots):
+            flat = self._flat
+            if flat is None or not flat.matches(slots):
+                flat = self._flat = _Flat.build(slots, self)
+            if flat is not None:
+                flat.run(self)
+                return
         for key, m, n in slots:
             p, g = m.get_param(n), m.grads[n]
             st = self.state.get(key)
@@ -134,6 +145,126 @@ class Optimizer:
 
     def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+#: Fewest elements per thread when an update is split across cores (NumPy only).
+MIN_CHUNK = 1 << 16
+
+
+def _threads() -> int:
+    env = os.environ.get("MINIFW_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return _cores()
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minifw-optim")
+        return _pool
+
+
+class _Flat:
+    """NumPy/CuPy fast path: a model's parameters, gradients and optimizer state gathered
+    into contiguous 1-D buffers, so that each step is a dozen ufunc passes over one array
+    (split across cores on NumPy) instead of a dozen per parameter.
+
+    The layers' parameters become views into the buffer (``module._assign``) and their
+    ``grads`` entries views into the gradient buffer, which ``Dense.backward`` fills in
+    place. A parameter replaced from outside (``set_param``, ``load_state_dict``, ``to``)
+    is noticed at the next step and the buffers are rebuilt, keeping the state.
+    """
+
+    def __init__(self) -> None:
+        self.views: list[tuple[Module, str, Any, Any]] = []
+        self.p: Any = None
+        self.g: Any = None
+        self.tmp: Any = None
+        self.state: dict[str, Any] = {}
+        self.chunks: list[tuple[int, int]] = []
+        self.xp: Any = None
+
+    @classmethod
+    def build(cls, slots: list[tuple[str, Module, str]], opt: Optimizer) -> _Flat | None:
+        b = slots[0][1].backend
+        dtype = slots[0][1].get_param(slots[0][2]).dtype
+        if any(m.backend is not b or m.get_param(n).dtype != dtype for _, m, n in slots):
+            return None  # mixed backends or dtypes: per-parameter updates
+        xp = b.xp
+        sizes = [math.prod(m.get_param(n).shape) for _, m, n in slots]
+        total = sum(sizes)
+        f = cls()
+        f.xp = xp
+        f.p = xp.empty(total, dtype=dtype)
+        f.g = xp.zeros(total, dtype=dtype)
+        f.tmp = xp.empty(total, dtype=dtype)
+        f.state = {k: xp.zeros(total, dtype=dtype) for k in opt.state_names}
+        off = 0
+        for (key, m, n), size in zip(slots, sizes, strict=True):
+            p = m.get_param(n)
+            shape = tuple(p.shape)
+            pv = f.p[off : off + size].reshape(shape)
+            pv[...] = p
+            gv = f.g[off : off + size].reshape(shape)
+            gv[...] = m.grads[n]
+            old = opt.state.get(key) or {}
+            new = {}
+            for k, buf in f.state.items():
+                sv = buf[off : off + size].reshape(shape)
+                if old.get(k) is not None:
+                    sv[...] = b.asarray(old[k], b.dtype_name(p))
+                new[k] = sv
+            opt.state[key] = new
+            opt._scratch.pop(key, None)
+            m._assign(n, pv)
+            m.grads[n] = gv
+            f.views.append((m, n, pv, gv))
+            off += size
+        nt = max(1, min(_threads(), total // MIN_CHUNK)) if b.name == "numpy" else 1
+        bounds = [total * i // nt for i in range(nt + 1)]
+        f.chunks = [(bounds[i], bounds[i + 1]) for i in range(nt)]
+        return f
+
+    def matches(self, slots: list[tuple[str, Module, str]]) -> bool:
+        if len(slots) != len(self.views):
+            return False
+        for (_, m, n), (m2, n2, pv, _) in zip(slots, self.views, strict=True):
+            if m is not m2 or n != n2 or m.get_param(n) is not pv:
+                return False
+        return True
+
+    def run(self, opt: Optimizer) -> None:
+        for m, n, _, gv in self.views:  # a gradient array replaced from outside: copy it in
+            g = m.grads[n]
+            if g is not gv:
+                gv[...] = g
+                m.grads[n] = gv
+        if len(self.chunks) == 1:
+            opt._update_fast(self.xp, self.p, self.g, dict(self.state), self.tmp)
+            return
+
+        def part(i: int) -> None:
+            s, e = self.chunks[i]
+            st = {k: v[s:e] for k, v in self.state.items()}
+            opt._update_fast(self.xp, self.p[s:e], self.g[s:e], st, self.tmp[s:e])
+
+        futures = [
+            _get_pool(len(self.chunks) - 1).submit(part, i) for i in range(1, len(self.chunks))
+        ]
+        part(0)
+        for fu in futures:
+            fu.result()
 
 
 def _slots(model: Module) -> Iterator[tuple[str, Module, str]]:
