@@ -310,3 +310,26 @@ def test_import_minifw_imports_no_optional_engine() -> None:
     r = _py(code, "torch")  # the variable is read lazily: not even this imports torch
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+FUNCS = ["sigmoid", "relu", "tanh", "step", "softmax", "log_softmax", "identity"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=10)
+@given(
+    x=st.lists(
+        st.lists(st.floats(-1e4, 1e4, width=32), min_size=3, max_size=3), min_size=1, max_size=4
+    )
+)
+def test_functional_ops_match_numpy(name: str, x: list[list[float]]) -> None:
+    b = need(name)
+    a = np.array(x, dtype=np.float32)
+    xb = b.asarray(a)
+    for fn in FUNCS:
+        f = getattr(mf.functional, fn)
+        got = f(xb)
+        assert_namespace(got, name)
+        np.testing.assert_allclose(
+            mf.to_numpy(got), f(a), rtol=1e-5, atol=1e-6, err_msg=f"{fn} on {name}"
+        )
