@@ -333,3 +333,24 @@ def test_functional_ops_match_numpy(name: str, x: list[list[float]]) -> None:
         np.testing.assert_allclose(
             mf.to_numpy(got), f(a), rtol=1e-5, atol=1e-6, err_msg=f"{fn} on {name}"
         )
+
+
+def test_jax_float64_with_x64_mode() -> None:
+    need("jax")
+    code = (
+        "import numpy as np, minifw as mf\n"
+        "mf.seed(0)\n"
+        "m = mf.Sequential(mf.Dense(3, 2, dtype='float64'), mf.Softmax())\n"
+        "x = np.linspace(-1, 1, 6).reshape(2, 3)\n"
+        "ref = m.predict(x)\n"
+        "y = m.to('jax')(x)\n"
+        "print(y.dtype, float(np.abs(mf.to_numpy(y) - ref).max()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MINIFW_BACKEND"}
+    env["JAX_ENABLE_X64"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert r.returncode == 0, r.stderr
+    dtype, err = r.stdout.split()
+    assert dtype == "float64" and float(err) < 1e-12
