@@ -68,34 +68,42 @@ def lazy_rows(path: str, chunk_rows: int) -> Any:
     return da.concatenate(parts, axis=0)
 
 
-def make_dataset(path: Path, rows: int, data: Path | None, block: int = 10_000) -> Path | None:
-    """Write ``rows`` rows of 784 float32 pixels to ``path`` (block by block, never the whole
-    array in memory); with MNIST available, also ``<path>.labels.npy``. Returns the labels
-    path or ``None``."""
-    images = labels = None
-    if data is not None:
-        from minifw.datasets import load_mnist
+def write_npy(path: Path, shape: tuple[int, ...], dtype: Any, blocks: Any) -> None:
+    """Write a ``.npy`` file block by block (never the whole array in memory), into a
+    temporary file beside ``path`` renamed onto it when complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                      "fortran_order": False, "shape": shape}  # fmt: skip
+            np.lib.format.write_array_header_2_0(f, header)
+            for block in blocks:
+                f.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
-        images, labels = load_mnist("test", data_dir=data / "mnist", download=False)
-    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, 784))
-    t = None
-    if labels is not None:
-        label_path = path.with_suffix(".labels.npy")
-        t = np.lib.format.open_memmap(label_path, mode="w+", dtype=np.uint8, shape=(rows,))
-    rng = np.random.default_rng(0)
-    for s in range(0, rows, block):
-        e = min(s + block, rows)
-        if images is not None and t is not None and labels is not None:
-            idx = np.arange(s, e) % len(images)
-            x[s:e] = images[idx]
-            t[s:e] = labels[idx]
-        else:
-            x[s:e] = rng.random((e - s, 784), dtype=np.float32)
-    x.flush()
-    if t is not None:
-        t.flush()
-        return label_path
-    return None
+
+def make_dataset(path: Path, rows: int, data: Path | None, block: int = 10_000) -> Path | None:
+    """Write ``rows`` rows of 784 float32 pixels to ``path``; with MNIST in ``data``, the
+    test images repeated, and their labels to ``<path>.labels.npy`` (returned, else
+    ``None``); without it, uniform random pixels."""
+    starts = range(0, rows, block)
+    if data is None:
+        rng = np.random.default_rng(0)
+        gen = (rng.random((min(s + block, rows) - s, 784), dtype=np.float32) for s in starts)
+        write_npy(path, (rows, 784), np.float32, gen)
+        return None
+    from minifw.datasets import load_mnist
+
+    images, labels = load_mnist("test", data_dir=data / "mnist", download=False)
+    idx = [np.arange(s, min(s + block, rows)) % len(images) for s in starts]
+    write_npy(path, (rows, 784), np.float32, (images[i] for i in idx))
+    label_path = path.with_suffix(".labels.npy")
+    write_npy(label_path, (rows,), np.uint8, (labels[i] for i in idx))
+    return label_path
 
 
 def build_model(data_dir: Path | None) -> tuple[mf.Sequential, bool]:
