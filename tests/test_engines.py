@@ -319,7 +319,11 @@ FUNCS = ["sigmoid", "relu", "tanh", "step", "softmax", "log_softmax", "identity"
 @settings(max_examples=10)
 @given(
     x=st.lists(
-        st.lists(st.floats(-1e4, 1e4, width=32), min_size=3, max_size=3), min_size=1, max_size=4
+        # XLA (jax) flushes float32 subnormals to zero, so step(1e-41) is 0 there: an
+        # engine property, not minifw's; subnormal inputs are left out
+        st.lists(st.floats(-1e4, 1e4, width=32, allow_subnormal=False), min_size=3, max_size=3),
+        min_size=1,
+        max_size=4,
     )
 )
 def test_functional_ops_match_numpy(name: str, x: list[list[float]]) -> None:
