@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _fast
 from .. import backend as _backend
 from ..errors import BackendError
 from .module import Module
@@ -26,6 +27,7 @@ class Sequential(Module):
         super().__init__()
         self._modules: list[Module] = []
         self._dtype_cache: str | None = None
+        self._plan: Any = None  # minifw._fast.Plan, False (none applies) or None (not built)
         for m in modules:
             self.append(m)
 
@@ -71,6 +73,7 @@ class Sequential(Module):
                 if not sub.param_names:
                     sub.backend = b
         self.backend = b
+        self._plan = None  # structure or backend changed: rebuild the fast plan on next use
         self._dtype_cache = next((m.dtype for m in self._modules if m.dtype is not None), None)
 
     def __getitem__(self, i: int) -> Module:
@@ -119,6 +122,33 @@ class Sequential(Module):
             x, owned = m._forward(x, owned, train)
         return x, owned
 
+    def _fast_plan(self) -> Any:
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = _fast.compile_plan(self) or False
+        return plan
+
+    def __call__(self, x: Any) -> Any:
+        """Convert ``x`` to the model's backend and dtype (once), then run the forward pass
+        (in eval mode on NumPy/CuPy through the fused fast path of ``minifw._fast``)."""
+        xb = self._b.asarray(x, self._dtype_cache)
+        if not self.training:
+            plan = self._plan or self._fast_plan()
+            if plan:
+                y = plan.run(xb)
+                if y is not None:
+                    return y
+        return self._forward(xb, xb is not x, self.training)[0]
+
+    def _infer(self, xb: Any, owned: bool, max_rows: int | None = None) -> tuple[Any, bool]:
+        """Eval-mode forward of a native array: the fast plan where it applies."""
+        plan = self._plan or self._fast_plan()
+        if plan:
+            y = plan.run(xb, max_rows)
+            if y is not None:
+                return y, True
+        return self._forward(xb, owned, False)
+
     def _backward(self, grad: Any, need_input_grad: bool) -> Any:
         mods = self._modules
         for i in range(len(mods) - 1, 0, -1):
@@ -153,13 +183,20 @@ class Sequential(Module):
         xb = b.asarray(x, self.dtype)
         owned = xb is not x
         n = xb.shape[0] if len(xb.shape) >= 2 else 1
+        if b.name == "numpy" and len(xb.shape) == 2:
+            # the fast plan works through the rows itself, in chunks of at most batch_size,
+            # and returns a new array
+            plan = self._plan or self._fast_plan()
+            y = plan.run(xb, batch_size) if plan else None
+            if y is not None:
+                return y
         if batch_size is None or batch_size >= n or len(xb.shape) < 2:
-            y, y_owned = self._forward(xb, owned, False)
+            y, y_owned = self._infer(xb, owned)
             res = b.to_numpy(y)
             return res if (y_owned or res is not y) and not _aliases(res, x) else res.copy()
         out: np.ndarray | None = None
         for start in range(0, n, batch_size):
-            y, _ = self._forward(xb[start : min(start + batch_size, n), ...], False, False)
+            y, _ = self._infer(xb[start : min(start + batch_size, n), ...], False)
             yn = b.to_numpy(y)
             if out is None:
                 out = np.empty((n,) + yn.shape[1:], dtype=yn.dtype)

@@ -1,0 +1,424 @@
+"""Fast inference on NumPy and CuPy: a model compiled into Dense + activation steps.
+
+``Sequential.predict`` and ``Sequential.__call__`` (in eval mode) run through a
+:class:`Plan` when the model is a chain of ``Dense`` layers, each followed by at most one
+``Sigmoid``, ``ReLU``, ``Tanh`` or ``Softmax(axis=-1)`` (``Identity`` and ``Flatten`` are
+skipped), on a backend with ``fast`` arrays. Anything else takes the layers' own
+``_forward``. The plan
+
+* reads the parameters at every call, so ``set_param`` and in-place optimizer updates
+  are always seen (nothing derived from the weights is cached);
+* computes each Dense as one ``matmul`` into a per-thread buffer (``threading.local``),
+  then bias + activation in place on that buffer: a few in-place ufuncs on NumPy, one
+  compiled kernel on CuPy;
+* allocates only its result, which belongs to the caller: later calls never write it;
+* on NumPy at large batches, splits the rows into cache-sized chunks that each run the
+  whole network, on every core at once: BLAS is held to one thread per call while the
+  chunks run (NumPy releases the GIL), so the elementwise passes are parallel too.
+
+Each block applies the same ufuncs in the same order as the layers' own forward
+(``minifw.functional``), so on the same rows the fast path gives the same bits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+NONE, RELU, SIGMOID, TANH, SOFTMAX = range(5)
+ACT_NAMES = {NONE: "none", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh", SOFTMAX: "softmax"}
+
+#: Largest number of threads a NumPy plan uses (``None``: the cores this process may use).
+#: ``MINIFW_NUM_THREADS`` sets it; 1 turns the chunk-parallel path off.
+max_threads: int | None = None
+#: Elements in a chunk's widest activation (sets the rows per chunk).
+CHUNK_ELEMS = 1 << 17
+#: Fewest rows per chunk.
+MIN_CHUNK_ROWS = 64
+#: Up to this many rows, ``run`` goes straight to one block (the batch-1 hot path).
+SMALL_ROWS = 16
+_max_reduce: Any = np.maximum.reduce  # called positionally: (a, axis, dtype, out, keepdims)
+_add_reduce: Any = np.add.reduce
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _threads_wanted() -> int:
+    if max_threads is not None:
+        return max(1, int(max_threads))
+    env = os.environ.get("MINIFW_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            from .errors import BackendError
+
+            raise BackendError(f"MINIFW_NUM_THREADS={env!r} is not a positive integer") from None
+    return _cores()
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+def compile_plan(model: Any) -> Plan | None:
+    """A :class:`Plan` for ``model`` (a Sequential), or ``None`` if it does not apply."""
+    b = model._b
+    if not b.fast or b.name not in ("numpy", "cupy"):
+        return None
+    from .layers.activations import Identity, ReLU, Sigmoid, Softmax, Tanh
+    from .layers.dense import Dense
+    from .layers.flatten import Flatten
+
+    acts = {Sigmoid: SIGMOID, ReLU: RELU, Tanh: TANH}
+    steps: list[list[Any]] = []
+    for m in model._modules:
+        t = type(m)
+        if t is Dense:
+            if m._b is not b or (steps and steps[-1][0].out_features != m.in_features):
+                return None
+            steps.append([m, NONE])
+        elif t is Identity or t is Flatten:  # identities on the 1-D / 2-D inputs plans take
+            continue
+        elif t in acts or (t is Softmax and m.axis == -1):
+            if not steps or steps[-1][1] != NONE:
+                return None
+            steps[-1][1] = SOFTMAX if t is Softmax else acts[t]
+        else:
+            return None
+    if not steps or len({m.dtype for m, _ in steps}) != 1:
+        return None
+    return Plan(b, [(m, a) for m, a in steps])
+
+
+class Plan:
+    """Inference for one model on one fast backend; safe to call from many threads."""
+
+    def __init__(self, backend: Any, steps: list[tuple[Any, int]]) -> None:
+        self.backend = backend
+        self.xp = backend.xp
+        self.steps = steps
+        self.acts = tuple(a for _, a in steps)
+        self.n_in: int = steps[0][0].in_features
+        self.widths = tuple(m.out_features for m, _ in steps)
+        self.dtype_name: str = steps[0][0].dtype
+        self.dtype = np.dtype(self.dtype_name)  # NumPy and CuPy arrays share NumPy dtypes
+        self.cupy = backend.name == "cupy"
+        wmax = max(self.widths)
+        self.chunk = max(MIN_CHUNK_ROWS, 1 << max(0, (CHUNK_ELEMS // wmax).bit_length() - 1))
+        self._tls = threading.local()
+        self._half, self._one, self._zero = backend.consts(self.dtype)
+
+    # -- entry point -------------------------------------------------------------------
+    def run(self, x: Any, max_rows: int | None = None) -> Any:
+        """The model's output for a native 1-D or 2-D ``x`` of the plan's dtype, as a new
+        array; ``None`` when the plan does not apply (the caller takes the generic path,
+        which also raises the proper error for a wrong shape)."""
+        shape = x.shape
+        if x.dtype != self.dtype:
+            return None
+        if len(shape) == 2:
+            if shape[1] != self.n_in:
+                return None
+            n = shape[0]
+            if n <= SMALL_ROWS and not self.cupy:  # the batch-1 hot path: no extra calls
+                y = np.empty((n, self.widths[-1]), dtype=self.dtype)
+                self._block(x, y)
+                return y
+            return self._run2(x, max_rows)
+        if len(shape) == 1 and shape[0] == self.n_in:
+            return self._run2(x.reshape(1, self.n_in), max_rows).reshape(self.widths[-1])
+        return None
+
+    def _run2(self, x: Any, max_rows: int | None) -> Any:
+        n = x.shape[0]
+        y = self.xp.empty((n, self.widths[-1]), dtype=self.dtype)
+        if self.cupy:
+            _CupyBlock.run(self, x, y)
+            return y
+        chunk = self.chunk if max_rows is None else max(1, min(self.chunk, max_rows))
+        if n <= chunk:
+            self._block(x, y)
+            return y
+        threads = min(_threads_wanted(), -(-n // chunk))
+        if threads > 1 and _BLAS.available():
+            self._parallel(x, y, chunk, threads)
+        else:
+            for s in range(0, n, chunk):
+                self._block(x[s : s + chunk], y[s : s + chunk])
+        return y
+
+    # -- per-thread buffers ------------------------------------------------------------
+    def _buffers(self, n: int) -> list[Any]:
+        """This thread's buffers for ``n`` rows: one per hidden activation, then the
+        ``(n, 1)`` softmax scratch column."""
+        tls = self._tls
+        got = getattr(tls, "views", None)
+        if got is not None and tls.n == n:
+            return got  # type: ignore[no-any-return]
+        base = getattr(tls, "base", None)
+        if base is None or tls.cap < n:
+            xp, dt = self.xp, self.dtype
+            cap = max(n, getattr(tls, "cap", 0))
+            base = [xp.empty((cap, w), dtype=dt) for w in self.widths[:-1]]
+            base.append(xp.empty((cap, 1), dtype=dt))
+            tls.base, tls.cap = base, cap
+        views = [a[:n] for a in base]
+        tls.views, tls.n = views, n
+        return views
+
+    # -- NumPy: one block of rows through the whole network -----------------------------
+    def _block(self, x: Any, y: Any) -> None:
+        """All steps on one block of rows, ``x`` to ``y``: the same ufuncs in the same order
+        as the layers' own forward, so the results are the same bits."""
+        bufs = self._buffers(x.shape[0])
+        half, zero = self._half, self._zero
+        nh = len(self.widths) - 1
+        matmul = np.matmul
+        h = x
+        i = 0
+        for m, act in self.steps:
+            out = bufs[i] if i < nh else y
+            matmul(h, m._weight, out=out)
+            b = m._bias
+            if b is not None:
+                np.add(out, b, out)
+            if act == SIGMOID:  # 0.5 * tanh(0.5 * z) + 0.5, as minifw.functional: same bits
+                np.multiply(out, half, out)
+                np.tanh(out, out)
+                np.multiply(out, half, out)
+                np.add(out, half, out)
+            elif act == RELU:
+                np.maximum(out, zero, out=out)  # NaN propagates
+            elif act == SOFTMAX:
+                col = bufs[nh]
+                _max_reduce(out, 1, None, col, True)
+                np.subtract(out, col, out)
+                np.exp(out, out)
+                _add_reduce(out, 1, None, col, True)
+                np.divide(out, col, out)
+            elif act == TANH:
+                np.tanh(out, out)
+            h = out
+            i += 1
+
+    def _parallel(self, x: Any, y: Any, chunk: int, threads: int) -> None:
+        n = x.shape[0]
+        nchunks = -(-n // chunk)
+        counter = itertools.count()
+        block = self._block
+
+        def work() -> None:
+            while True:
+                i = next(counter)  # atomic under the GIL: each chunk is taken once
+                if i >= nchunks:
+                    return
+                s = i * chunk
+                block(x[s : s + chunk], y[s : s + chunk])
+
+        with _BLAS.one_thread():
+            futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+            try:
+                work()
+            finally:
+                for f in futures:
+                    f.result()
+
+
+# -- BLAS thread control (threadpoolctl, optional) ----------------------------------------------
+
+
+class _BlasLimiter:
+    """Holds BLAS to one thread while any plan's chunks run (reference-counted, so
+    concurrent predict calls restore the user's setting only when the last one ends)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list[tuple[Any, int]] = []
+        self._libs: list[Any] | None = None
+
+    def available(self) -> bool:
+        if self._libs is None:
+            with self._lock:
+                if self._libs is None:
+                    try:
+                        from threadpoolctl import ThreadpoolController
+
+                        ctl = ThreadpoolController()
+                        self._libs = [lc for lc in ctl.lib_controllers if lc.user_api == "blas"]
+                    except Exception:  # not installed, or an unknown BLAS
+                        self._libs = []
+        return bool(self._libs)
+
+    def one_thread(self) -> _BlasLimiter:
+        return self
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = [(lc, lc.get_num_threads()) for lc in self._libs or ()]
+                for lc, _ in self._saved:
+                    lc.set_num_threads(1)
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lc, n in self._saved:
+                    lc.set_num_threads(n)
+                self._saved = []
+
+
+_BLAS = _BlasLimiter()
+_pool_lock = threading.Lock()
+_executor: Any = None
+_executor_size = 0
+
+
+def _pool(size: int) -> Any:
+    """A shared pool of worker threads (grown when more are asked for)."""
+    global _executor, _executor_size
+    if _executor is None or _executor_size < size:
+        with _pool_lock:
+            if _executor is None or _executor_size < size:
+                from concurrent.futures import ThreadPoolExecutor
+
+                old = _executor
+                _executor = ThreadPoolExecutor(size, thread_name_prefix="minifw")
+                _executor_size = size
+                if old is not None:
+                    old.shutdown(wait=False)
+    return _executor
+
+
+# -- CuPy: fused kernels -------------------------------------------------------------------------
+
+#: ElementwiseKernel bodies, per activation: ``x`` is the matmul output, ``b`` the bias
+#: (broadcast along rows), ``y`` the result (the same array as ``x``: in place).
+CUPY_ELEMENTWISE: dict[int, str] = {
+    NONE: "y = x + b",
+    RELU: "T v = x + b; y = (v < (T)0) ? (T)0 : v",  # NaN < 0 is false: NaN passes
+    SIGMOID: "y = (T)1 / ((T)1 + exp(-(x + b)))",  # exp overflow gives inf, then 0: exact
+    TANH: "y = tanh(x + b)",
+}
+
+#: One thread per row: bias, max, exp and sum, divide, in one pass over the row's memory.
+CUPY_SOFTMAX_SRC = r"""
+extern "C" __global__ void minifw_softmax_{T}(
+    {T}* __restrict__ y, const {T}* __restrict__ b, const int n, const int w, const int has_bias)
+{{
+    const long long r = (long long)blockDim.x * blockIdx.x + threadIdx.x;
+    if (r >= n) return;
+    {T}* row = y + r * w;
+    {T} m = -INFINITY;
+    for (int j = 0; j < w; ++j) {{
+        {T} v = row[j];
+        if (has_bias) {{ v += b[j]; row[j] = v; }}
+        if (v > m || v != v) m = v;  /* NaN wins, as in numpy.max */
+    }}
+    {T} s = 0;
+    for (int j = 0; j < w; ++j) {{
+        {T} e = exp(row[j] - m);
+        row[j] = e;
+        s += e;
+    }}
+    for (int j = 0; j < w; ++j) row[j] = row[j] / s;
+}}
+"""
+
+_CUDA_TYPES = {"float32": "float", "float64": "double"}
+_SOFTMAX_THREADS = 256
+
+
+def softmax_source(dtype_name: str) -> tuple[str, str]:
+    """``(CUDA source, kernel name)`` of the fused row softmax for ``dtype_name``."""
+    t = _CUDA_TYPES[dtype_name]
+    return CUPY_SOFTMAX_SRC.format(T=t), f"minifw_softmax_{t}"
+
+
+def launch_config(n_rows: int) -> tuple[tuple[int], tuple[int]]:
+    """``(grid, block)`` for the row softmax: one thread per row."""
+    return ((n_rows + _SOFTMAX_THREADS - 1) // _SOFTMAX_THREADS,), (_SOFTMAX_THREADS,)
+
+
+class _CupyKernels:
+    """The compiled kernels, built on first use (CuPy caches the binaries too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ew: dict[int, Any] = {}
+        self._softmax: dict[str, Any] = {}
+
+    def elementwise(self, cp: Any, act: int) -> Any:
+        k = self._ew.get(act)
+        if k is None:
+            with self._lock:
+                k = self._ew.get(act)
+                if k is None:
+                    k = self._ew[act] = cp.ElementwiseKernel(
+                        "T x, T b", "T y", CUPY_ELEMENTWISE[act], f"minifw_bias_{ACT_NAMES[act]}"
+                    )
+        return k
+
+    def softmax(self, cp: Any, dtype_name: str) -> Any:
+        k = self._softmax.get(dtype_name)
+        if k is None:
+            with self._lock:
+                k = self._softmax.get(dtype_name)
+                if k is None:
+                    src, name = softmax_source(dtype_name)
+                    k = self._softmax[dtype_name] = cp.RawKernel(src, name)
+        return k
+
+
+_KERNELS = _CupyKernels()
+
+
+class _CupyBlock:
+    """The CuPy forward: cuBLAS matmuls into per-thread device buffers, one fused kernel
+    per bias + activation, no host round trip (the caller synchronises or copies)."""
+
+    @staticmethod
+    def run(plan: Plan, x: Any, y: Any) -> None:
+        cp = plan.xp
+        n = x.shape[0]
+        bufs = plan._buffers(n)
+        nh = len(plan.widths) - 1
+        dtype_name = plan.dtype_name
+        h = x
+        for i, (m, act) in enumerate(plan.steps):
+            out = bufs[i] if i < nh else y
+            cp.matmul(h, m._weight, out=out)
+            b = m._bias
+            if act == SOFTMAX:
+                k = _KERNELS.softmax(cp, dtype_name)
+                grid, block = launch_config(n)
+                bias = b if b is not None else out  # not read when has_bias is 0
+                k(
+                    grid,
+                    block,
+                    (out, bias, np.int32(n), np.int32(out.shape[1]), np.int32(b is not None)),
+                )
+            elif b is not None or act != NONE:
+                k = _KERNELS.elementwise(cp, act)
+                k(out, b if b is not None else plan._zero, out)
+            h = out
+
+
+def describe(plan: Plan) -> str:
+    """A one-line summary, e.g. ``numpy: 784→50 sigmoid, 50→100 sigmoid, ... (chunk 1024)``."""
+    parts = [f"{m.in_features}→{m.out_features} {ACT_NAMES[a]}" for m, a in plan.steps]
+    return f"{plan.backend.name}: " + ", ".join(parts) + f" (chunk {plan.chunk} rows)"
+
+
+__all__ = ["Plan", "compile_plan", "describe"]
