@@ -182,6 +182,16 @@ def test_foreign_arrays_are_converted_at_the_edge(src: str, dst: str) -> None:
     close(out, model.to("numpy")(base))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_big_endian_input(name: str) -> None:
+    b = need(name)
+    a = np.arange(6, dtype=">f4").reshape(2, 3)
+    y = b.asarray(a)
+    assert_namespace(y, name)
+    np.testing.assert_array_equal(mf.to_numpy(y), a)
+    assert b.dtype_name(y) == "float32"
+
+
 def test_numpy_target_never_writes_into_a_foreign_array() -> None:
     need("torch")
     import torch

@@ -86,6 +86,8 @@ class Backend:
             a = np.asarray(x)
             if a.dtype.kind not in "biuf":
                 raise TypeError(f"expected a numeric array, got dtype {a.dtype}")
+            if not a.dtype.isnative:  # e.g. big-endian data from a file: engines want native
+                a = a.astype(a.dtype.newbyteorder("="))
             want = dtype or (a.dtype.name if a.dtype.name in _FLOAT_DTYPES else "float32")
             if a.dtype.name != want:
                 a = a.astype(want)
