@@ -120,7 +120,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--synthetic", action="store_true", help="random data, no files needed")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/OpenMP threads for both engines (default: each library's own default); "
+        "1 gives steadier figures on a busy machine",
+    )
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # NumPy's BLAS (and any OpenMP runtime loaded)
+        os.environ["MINIFW_NUM_THREADS"] = str(args.threads)  # minifw's own worker threads
     data_dir = args.data_dir or (
         Path(os.environ["MINIFW_DATA_DIR"]) if os.environ.get("MINIFW_DATA_DIR") else None
     )
@@ -130,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "task": "Fashion-MNIST epoch, MLP 784-256-128-10 ReLU, batch 128, Adam lr 1e-3, float32",
         "samples": int(x.shape[0]),
+        "threads": args.threads or "library defaults",
         "minifw": {"seconds": [], "loss": []},
     }
     try:
@@ -138,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch = None  # type: ignore[assignment]
         res["torch"] = "not installed (pip install torch); skipped"
     if torch is not None:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         net, topt, lossf = build_torch(model)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         res["torch"] = {"seconds": [], "loss": [], "version": torch.__version__}
