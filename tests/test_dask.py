@@ -187,3 +187,18 @@ def test_example_on_a_scheduler_address(client, tmp_path: Path) -> None:
     if have_mnist:
         assert r["accuracy"] == pytest.approx(np.mean(expect == np.load(labels)))
         assert r["accuracy"] > 0.9
+
+
+def test_a_model_in_training_mode_is_copied_for_inference_and_left_alone() -> None:
+    model = make_model()
+    x = data(120)
+    ref = model.predict(x)
+    model.train()
+    model(x[:10])
+    model.backward(np.ones((10, 5), np.float32))
+    grads = {k: v.copy() for k, v in model[0].grads.items()}
+    y = model.predict(da.from_array(x, chunks=50))
+    np.testing.assert_allclose(y.compute(), ref, rtol=1e-6)  # inference mode, same weights
+    assert model.training and model[0]._x is not None
+    for k, v in grads.items():
+        np.testing.assert_array_equal(model[0].grads[k], v)

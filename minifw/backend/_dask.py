@@ -85,11 +85,7 @@ class DaskBackend(Backend):
         ``predict``. Returns a dask array chunked like ``x`` along axis 0.
         """
         da = self._da
-        runner = copy.deepcopy(model)
-        runner.eval()
-        for m in runner.modules():
-            m.grads = {}
-        runner.to("numpy")
+        runner = _numpy_copy(model)
         if self.is_native(x):
             xd = x
         else:
@@ -140,6 +136,25 @@ class DaskBackend(Backend):
             token="minifw-predict",
             **kw,
         )
+
+
+def _numpy_copy(model: Any) -> Any:
+    """An inference-mode copy of ``model`` on NumPy. Parameters go straight to NumPy (a
+    model on a GPU is never duplicated there) and gradients are left behind."""
+    from . import get
+
+    memo: dict[int, Any] = {}
+    for _, m, n in model.named_parameter_slots():
+        p = m.get_param(n)
+        if id(p) not in memo:
+            memo[id(p)] = np.array(m.backend.to_numpy(p), copy=True)
+    for m in model.modules():
+        memo[id(m.grads)] = {}
+    runner = copy.deepcopy(model, memo)
+    numpy = get("numpy")
+    for m in runner.modules():
+        m.backend = numpy
+    return runner.to("numpy").eval()  # ``to`` refreshes what depends on the backend
 
 
 def _predict_block(block: np.ndarray, model: Any, batch_size: int | None) -> np.ndarray:
