@@ -89,6 +89,7 @@ def plot(history: mf.History, path: Path) -> None:
     ax1.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("minifw: MLP 784-256-128-10 on Fashion-MNIST (Adam, batch 128)")
