@@ -366,3 +366,14 @@ def test_fused_loss_is_stable_for_huge_logits(backend_name: str) -> None:
         gn = b.to_numpy(g)
     assert np.all(np.isfinite(gn))
     np.testing.assert_allclose(gn, [[0, 0, 0], [-0.5, 0.5, 0]], atol=1e-6)
+
+
+def test_backward_accepts_a_numpy_gradient_on_another_backend() -> None:
+    x, _ = blobs(8)
+    with mf.backend.use("array_api_strict"):
+        model = mlp(softmax=False)
+    model.train()
+    model(x)
+    dx = model.backward(np.ones((8, 3), np.float32))
+    assert_namespace(dx, "array_api_strict")
+    assert tuple(dx.shape) == (8, 6)

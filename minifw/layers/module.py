@@ -75,9 +75,11 @@ class Module:
         """Given dL/d(output) of the last training-mode forward, return dL/d(input).
 
         Parameter gradients are stored in ``self.grads`` (overwritten each call). The
-        given gradient is never modified.
+        given gradient is never modified. A gradient of another engine (or a list) is
+        converted to this module's backend first.
         """
-        return self._backward(grad_output, True)
+        g = grad_output if self._b.is_native(grad_output) else self._b.asarray(grad_output)
+        return self._backward(g, True)
 
     def _need_cache(self, cache: Any) -> Any:
         if cache is None:
