@@ -1,0 +1,82 @@
+"""``minifw bench`` runs end to end (``--smoke``: tiny batches, one short loop) and writes its
+JSON, markdown and PNG. Nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minifw import bench, cli
+
+
+def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    rc = bench.main(["--smoke", "--out", str(out), "--backends", "array_api_strict"])
+    assert rc == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert [(r["network"], r["batch"]) for r in res["inference"]] == [
+        ("S", 1),
+        ("S", 64),
+        ("W", 1),
+        ("W", 32),
+    ]
+    for row in res["inference"]:
+        eng = row["engines"]
+        assert bench.MINIFW_REF in eng and "minifw array_api_strict predict(x)" in eng
+        assert "numpy hand-written (book)" in eng and "GEMM floor (3 matmuls, numpy)" in eng
+        for name, v in eng.items():
+            assert v["min_s"] <= v["median_s"] <= v["max_s"] and v["min_s"] > 0
+            if v["kind"] != "floor":  # every engine computes the same network
+                assert v["max_abs_diff_vs_float64"] < 1e-5, name
+        assert set(row["ratios_minifw_over_peer"]) == {
+            n for n, v in eng.items() if v["kind"] != "minifw"
+        }
+    peers = {"torch eager (inference_mode)", "onnxruntime CPU"}
+    for p in peers:  # either measured or skipped with a note saying so
+        assert p in res["inference"][0]["engines"] or "skipped" in res["notes"].get(p, "")
+    assert res["machine"]["cores_usable"] >= 1 and res["machine"]["numpy"] == np.__version__
+    assert res["training"]["skipped"].startswith("--smoke")
+    md = (out / "bench.md").read_text()
+    assert "## S (784-50-100-10 sigmoid/softmax), batch 64" in md and "| engine |" in md
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_bench_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(
+        [
+            "bench",
+            "--smoke",
+            "--networks",
+            "S",
+            "--backends",
+            "",
+            "--out",
+            str(tmp_path),
+            "--json-stdout",
+        ]
+    )
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in res["inference"]] == [1, 64]
+
+
+def test_bench_rejects_unknown_networks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--networks", "S,X", "--smoke"])
+    assert e.value.code == 2
+    assert "unknown ['X']" in capsys.readouterr().err
+
+
+def test_onnx_graph_is_the_same_network() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    net = bench.Net("S")
+    sess = ort.InferenceSession(bench.onnx_model_bytes(net), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((5, 784), dtype=np.float32)
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, bench.hand_written(net)(x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(net.minifw_model()(x), got, rtol=1e-5, atol=1e-7)
