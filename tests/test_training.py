@@ -377,3 +377,17 @@ def test_backward_accepts_a_numpy_gradient_on_another_backend() -> None:
     dx = model.backward(np.ones((8, 3), np.float32))
     assert_namespace(dx, "array_api_strict")
     assert tuple(dx.shape) == (8, 6)
+
+
+def test_progress_without_tqdm_prints_a_line_per_epoch(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes "import tqdm..." fail
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    x, y = blobs(64)
+    mlp().fit(x, y, epochs=2, batch_size=16, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("Epoch 1/2: 4/4 steps") and "loss=" in lines[0]
