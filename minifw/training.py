@@ -339,13 +339,15 @@ def fit(
                         refresh=False,
                     )
                     bar.update(step + 1 - bar.n)
+            rate = n / max(time.perf_counter() - t0, 1e-9)
             logs = {"loss": loss_sum / n, "accuracy": correct_sum / n}
             if val is not None:
                 vres = _evaluate(model, b, val[0], val[1], loss_obj, None)
                 logs["val_loss"], logs["val_accuracy"] = vres["loss"], vres["accuracy"]
             history._append(epoch, logs)
             if bar is not None:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=True)
+                shown = {k: f"{v:.4f}" for k, v in logs.items()}
+                bar.set_postfix(shown, samples_s=f"{rate:,.0f}", refresh=True)
                 bar.close()
     finally:
         model.train(was_training)
