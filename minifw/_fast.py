@@ -320,7 +320,7 @@ extern "C" __global__ void minifw_softmax_{T}(
     const long long r = (long long)blockDim.x * blockIdx.x + threadIdx.x;
     if (r >= n) return;
     {T}* row = y + r * w;
-    {T} m = -INFINITY;
+    {T} m = row[0] + (has_bias ? b[0] : ({T})0);
     for (int j = 0; j < w; ++j) {{
         {T} v = row[j];
         if (has_bias) {{ v += b[j]; row[j] = v; }}
@@ -328,7 +328,7 @@ extern "C" __global__ void minifw_softmax_{T}(
     }}
     {T} s = 0;
     for (int j = 0; j < w; ++j) {{
-        {T} e = exp(row[j] - m);
+        {T} e = {EXP}(row[j] - m);
         row[j] = e;
         s += e;
     }}
@@ -336,14 +336,14 @@ extern "C" __global__ void minifw_softmax_{T}(
 }}
 """
 
-_CUDA_TYPES = {"float32": "float", "float64": "double"}
+_CUDA_TYPES = {"float32": ("float", "expf"), "float64": ("double", "exp")}
 _SOFTMAX_THREADS = 256
 
 
 def softmax_source(dtype_name: str) -> tuple[str, str]:
     """``(CUDA source, kernel name)`` of the fused row softmax for ``dtype_name``."""
-    t = _CUDA_TYPES[dtype_name]
-    return CUPY_SOFTMAX_SRC.format(T=t), f"minifw_softmax_{t}"
+    t, exp = _CUDA_TYPES[dtype_name]
+    return CUPY_SOFTMAX_SRC.format(T=t, EXP=exp), f"minifw_softmax_{t}"
 
 
 def launch_config(n_rows: int) -> tuple[tuple[int], tuple[int]]:
@@ -392,6 +392,8 @@ class _CupyBlock:
     def run(plan: Plan, x: Any, y: Any) -> None:
         cp = plan.xp
         n = x.shape[0]
+        if n == 0:  # nothing to compute (and a launch needs at least one block)
+            return
         bufs = plan._buffers(n)
         nh = len(plan.widths) - 1
         dtype_name = plan.dtype_name

@@ -53,6 +53,7 @@ NETWORKS: dict[str, dict[str, Any]] = {
 GPU_BATCHES = {"S": (10000, 100000), "W": (8192, 65536)}
 SMOKE_BATCHES = {"S": (1, 64), "W": (1, 32)}
 MINIFW_REF = "minifw numpy model(x)"  # the engine the ratios are taken from
+MINIFW_REF_GPU = "minifw cupy model(x)"
 
 
 # -- machine facts -------------------------------------------------------------------------------
@@ -186,6 +187,7 @@ class Engine:
         self.check = check
         self.sync = sync
         self.traced = traced  # does tracemalloc see its allocations (NumPy) or not
+        self.to_host = False  # results live on a GPU: copy them back for the check
 
     def __call__(self) -> Any:
         r = self.fn()
@@ -344,6 +346,62 @@ def build_engines(
     return engines
 
 
+def build_gpu_engines(net: Net, x: np.ndarray, notes: dict[str, str]) -> list[Engine]:
+    """minifw on CuPy, PyTorch CUDA and the cuBLAS GEMM floor; inputs already on the device,
+    every timed call synchronised."""
+    import cupy as cp
+
+    sync = cp.cuda.get_current_stream().synchronize
+    xg = cp.asarray(x)
+    model = net.minifw_model("cupy")
+    engines = [Engine(MINIFW_REF_GPU, lambda: model(xg), kind="minifw", sync=sync)]
+    Wg = [cp.asarray(w) for w in net.W]
+    outs = [cp.empty((x.shape[0], w), dtype=cp.float32) for w in net.sizes[1:]]
+
+    def floor() -> Any:
+        cp.matmul(xg, Wg[0], out=outs[0])
+        cp.matmul(outs[0], Wg[1], out=outs[1])
+        return cp.matmul(outs[1], Wg[2], out=outs[2])
+
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError("torch has no CUDA here")
+        act = torch.nn.Sigmoid if net.act == "sigmoid" else torch.nn.ReLU
+        mods: list[Any] = []
+        for i in range(3):
+            lin = torch.nn.Linear(net.sizes[i], net.sizes[i + 1])
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(net.W[i].T)))
+                lin.bias.copy_(torch.from_numpy(net.b[i]))
+            mods += [lin, act()] if i < 2 else [lin, torch.nn.Softmax(dim=-1)]
+        seq = torch.nn.Sequential(*mods).eval().cuda()
+        xt = torch.from_numpy(x).cuda()
+
+        def run_torch() -> Any:
+            with torch.inference_mode():
+                return seq(xt)
+
+        engines.append(
+            Engine(
+                "torch CUDA eager (inference_mode)",
+                run_torch,
+                kind="peer",
+                sync=torch.cuda.synchronize,
+                traced=False,
+            )
+        )
+        notes.setdefault("torch CUDA", f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    except ImportError as e:
+        notes["torch CUDA"] = f"skipped: {e}"
+    engines.append(Engine("GEMM floor (3 matmuls, cuBLAS)", floor, kind="floor", sync=sync))
+    for eng in engines:
+        eng.traced = False
+        eng.to_host = True
+    return engines
+
+
 # -- timing ----------------------------------------------------------------------------------------
 
 
@@ -482,18 +540,29 @@ def bench_inference(
     rng = np.random.default_rng(1)
     for net_name in args.networks:
         net = Net(net_name)
-        batches = args.batches.get(net_name, NETWORKS[net_name]["batches"])
+        gpu = args.device == "cuda"
+        default = GPU_BATCHES[net_name] if gpu else NETWORKS[net_name]["batches"]
+        batches = args.batches.get(net_name, default)
+        ref_name = MINIFW_REF_GPU if gpu else MINIFW_REF
         for batch in batches:
             x = rng.random((batch, net.sizes[0]), dtype=np.float32)
-            engines = build_engines(net, x, backends, notes)
+            if gpu:
+                engines = build_gpu_engines(net, x, notes)
+            else:
+                engines = build_engines(net, x, backends, notes)
             ref = hand_written(net)(x.astype(np.float64))  # float64 reference output
             checks = {}
             for e in engines:
                 if e.kind != "floor":
-                    checks[e.name] = _max_abs_diff(e.fn(), ref)
+                    r = e()
+                    if e.to_host:
+                        import minifw as mf
+
+                        r = mf.to_numpy(r) if not hasattr(r, "cpu") else r.cpu().numpy()
+                    checks[e.name] = _max_abs_diff(r, ref)
             _log(args, f"{net_name} batch {batch}: {len(engines)} engines")
             times = timer.measure(engines)
-            mem = {e.name: memory_per_call(e) for e in engines} if not args.smoke else {}
+            mem = {e.name: memory_per_call(e) for e in engines} if not (args.smoke or gpu) else {}
             row: dict[str, Any] = {
                 "network": net_name,
                 "layers": net.describe(),
@@ -514,13 +583,13 @@ def bench_inference(
                     "max_abs_diff_vs_float64": checks.get(e.name),
                     "memory": mem.get(e.name, {}),
                 }
-            ref_t = row["engines"][MINIFW_REF]["median_s"]
+            ref_t = row["engines"][ref_name]["median_s"]
             row["ratios_minifw_over_peer"] = {
                 name: ref_t / v["median_s"]
                 for name, v in row["engines"].items()
                 if v["kind"] != "minifw"
             }
-            if not args.smoke:
+            if not (args.smoke or gpu):
                 row["minifw_cold_memory"] = minifw_cold_memory(net, x)
             rows.append(row)
     return rows
@@ -754,6 +823,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="minifw backends besides numpy (comma-separated; default: every available one)",
     )
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: minifw on CuPy against PyTorch CUDA and the cuBLAS GEMM floor, batches "
+        "S 10000/100000 and W 8192/65536 (needs CuPy and an NVIDIA GPU)",
+    )
     ap.add_argument("--json-stdout", action="store_true", help="print the JSON, no progress")
     return ap
 
@@ -786,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     notes: dict[str, str] = {}
+    if args.device == "cuda":
+        mf.backend.get("cupy", source="minifw bench --device cuda")  # a clear error if absent
+        backends = []
     for name, why in mf.backend.unavailable().items():
         if args.backends is None or name in backends:
             notes[f"minifw {name}"] = f"not available: {why}"
