@@ -305,3 +305,43 @@ def test_parameters_replaced_between_steps_are_picked_up() -> None:
             b[0].weight = b.state_dict()["0.weight"]
     for k, v in a.state_dict().items():
         np.testing.assert_array_equal(v, b.state_dict()[k])
+
+
+@pytest.mark.parametrize(
+    "make, ref",
+    [
+        (
+            lambda: optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+            lambda p, gs: ref_sgd(p, gs, 0.1, 0.9, True, 0.01),
+        ),
+        (
+            lambda: optim.Adam(0.01, weight_decay=0.1),
+            lambda p, gs: ref_adam(p, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, False),
+        ),
+        (
+            lambda: optim.AdamW(0.01),
+            lambda p, gs: ref_adam(p, gs, 0.01, 0.9, 0.999, 1e-8, 0.01, True),
+        ),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+def test_mixed_dtypes_update_per_parameter(make, ref) -> None:
+    """float32 and float64 layers in one model: no shared buffer, one update per parameter."""
+    model = mf.Sequential(mf.Dense(3, 4), mf.Tanh(), mf.Dense(4, 2, dtype="float64"))
+    p0 = model.state_dict()
+    gseq = grad_sequence(model, 4)
+    opt = make()
+    ids = None
+    for g in gseq:
+        for key, m, n in model.named_parameter_slots():
+            m.grads[n] = m.backend.asarray(g[key], m.backend.dtype_name(m.get_param(n)))
+        opt.step(model)
+        now = [id(p) for p in model.parameters()]
+        assert ids is None or now == ids  # in place, on the layers' own arrays
+        ids = now
+    assert opt._flat is None
+    assert model[2].weight.dtype == np.float64 and model[0].weight.dtype == np.float32
+    for key, v in model.state_dict().items():
+        expect = ref(p0[key], [g[key].astype(v.dtype) for g in gseq])
+        tol = 5e-6 if v.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(v, expect, rtol=tol, atol=tol)
