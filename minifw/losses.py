@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from . import backend as _backend
+from ._convert import to_numpy
 from .backend import Backend
 from .errors import ShapeError
 
@@ -146,18 +149,12 @@ def _as_index(b: Backend, target: Any) -> Any:
     """Integer class indices on backend ``b`` (kept integral, not cast to float)."""
     if b.is_native(target):
         return target
-    import numpy as np
-
-    from ._convert import to_numpy
-
     return b.from_numpy(np.ascontiguousarray(to_numpy(target)))
 
 
 def _int_like(target: Any) -> bool:
     shape = getattr(target, "shape", None)
     if shape is None:
-        import numpy as np
-
         target = np.asarray(target)
         shape = target.shape
     kind = str(getattr(target, "dtype", "")).lower()
