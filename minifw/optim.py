@@ -86,6 +86,39 @@ class Optimizer:
                 self._update_fast(m.backend.xp, p, g, st, tmp)
             else:
                 m._assign(n, self._update_generic(m.backend.xp, p, g, st))
+        if any(m.backend.lazy for _, m, _ in slots):
+            self._settle(slots)
+
+    def _settle(self, slots: list[tuple[str, Module, str]]) -> None:
+        """Lazy engines (dask): compute the new parameters and state now, in one pass.
+
+        Otherwise every step's arrays would be graphs over all the steps before, and the
+        cost of a step would grow with the number of steps taken.
+        """
+        groups: dict[tuple[int, str], list[tuple[Any, Any]]] = {}
+        for key, m, n in slots:
+            b = m.backend
+            if not b.lazy:
+                continue
+            p = m.get_param(n)
+            setters = [(p, lambda a, m=m, n=n: m._assign(n, a))]
+            st = self.state.get(key, {})
+            for k, v in st.items():
+                setters.append((v, lambda a, st=st, k=k: st.__setitem__(k, a)))
+            for arr, put in setters:
+                groups.setdefault((id(b), b.dtype_name(arr)), []).append((arr, put))
+        backends = {id(m.backend): m.backend for _, m, _ in slots}
+        for (bid, _), items in groups.items():
+            b = backends[bid]
+            xp = b.xp
+            flat = xp.concat([xp.reshape(a, (-1,)) for a, _ in items])
+            host = b.to_numpy(flat)  # one computation for every array of the group
+            off = 0
+            for arr, put in items:
+                shape = tuple(arr.shape)
+                size = math.prod(shape)
+                put(b.from_numpy(np.ascontiguousarray(host[off : off + size].reshape(shape))))
+                off += size
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor arguments (JSON-able)."""

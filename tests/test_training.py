@@ -391,3 +391,31 @@ def test_progress_without_tqdm_prints_a_line_per_epoch(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("Epoch 1/2: 4/4 steps") and "loss=" in lines[0]
+
+
+def test_lazy_engine_parameters_stay_small_graphs() -> None:
+    """On dask each step computes the new parameters and optimizer state, so their graphs
+    do not grow with the number of steps (which would make a step cost O(steps))."""
+    pytest.importorskip("dask")
+    x, y = blobs(60)
+    sizes = []
+    for steps in (2, 12):
+        with mf.backend.use("dask"):
+            model = mlp()
+            opt = optim.Adam(0.01)
+            h = model.fit(x, y, optimizer=opt, epochs=1, batch_size=60 // steps, progress=False)
+        assert h.history["loss"][0] > 0
+        sizes.append(
+            max(len(a.__dask_graph__()) for a in model.parameters())
+            + max(len(v.__dask_graph__()) for st in opt.state.values() for v in st.values())
+        )
+        for p in model.parameters():
+            assert_namespace(p, "dask")
+    assert sizes[1] == sizes[0]
+    with mf.backend.use("dask"):
+        ref = mlp()
+        ref.fit(x, y, optimizer=optim.Adam(0.01), epochs=1, batch_size=5, progress=False)
+    num = mlp()
+    num.fit(x, y, optimizer=optim.Adam(0.01), epochs=1, batch_size=5, progress=False)
+    for k, v in num.state_dict().items():
+        np.testing.assert_allclose(ref.state_dict()[k], v, rtol=1e-4, atol=1e-5)
