@@ -419,3 +419,17 @@ def test_lazy_engine_parameters_stay_small_graphs() -> None:
     num.fit(x, y, optimizer=optim.Adam(0.01), epochs=1, batch_size=5, progress=False)
     for k, v in num.state_dict().items():
         np.testing.assert_allclose(ref.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_fused_loss_on_non_contiguous_logits(owned: bool) -> None:
+    b = mf.backend.get("numpy")
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((6, 8)).astype(np.float32)
+    t = np.array([0, 1, 2, 3, 0, 1], np.int32)
+    z = big[:, ::2]  # (6, 4), not contiguous
+    assert not z.flags.c_contiguous
+    ref_loss, ref_g = losses.softmax_cross_entropy(b, np.ascontiguousarray(z), t)
+    loss, g = losses.softmax_cross_entropy(b, z, t, owned)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-6, atol=1e-7)
