@@ -222,7 +222,8 @@ def fit(
     ``loss``: ``"cross_entropy"`` (labels as class indices ``(N,)`` or one-hot rows
     ``(N, C)``), ``"mse"`` or a :class:`minifw.losses.Loss`. ``optimizer``: a name
     (``"sgd"``, ``"adam"``, ``"adamw"``) or an instance from :mod:`minifw.optim`; ``None``
-    means ``Adam()``. ``seed`` seeds the shuffling (``None``: drawn from ``mf.seed``'s
+    means ``Adam()`` (a new one each call: pass the same instance to later ``fit`` calls to
+    keep its state, e.g. Adam's moments, across them). ``seed`` seeds the shuffling (``None``: drawn from ``mf.seed``'s
     generator), so ``mf.seed(n)`` before building the model plus ``fit(seed=n)`` gives
     bit-identical weights on the same backend and machine. ``progress=False`` silences
     the progress bar. Labels are validated before any step; a non-finite loss raises
