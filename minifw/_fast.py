@@ -35,10 +35,12 @@ ACT_NAMES = {NONE: "none", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh", SOFTM
 #: Largest number of threads a NumPy plan uses (``None``: the cores this process may use).
 #: ``MINIFW_NUM_THREADS`` sets it; 1 turns the chunk-parallel path off.
 max_threads: int | None = None
-#: Elements in a chunk's widest activation (sets the rows per chunk).
-CHUNK_ELEMS = 1 << 17
-#: Fewest rows per chunk.
-MIN_CHUNK_ROWS = 64
+#: Elements in a chunk's widest activation (sets the rows per chunk, a power of two
+#: between MIN_CHUNK_ROWS and MAX_CHUNK_ROWS): small enough to stay in cache, large
+#: enough for an efficient one-thread GEMM.
+CHUNK_ELEMS = 1 << 18
+MIN_CHUNK_ROWS = 256
+MAX_CHUNK_ROWS = 1024
 #: Up to this many rows, ``run`` goes straight to one block (the batch-1 hot path).
 SMALL_ROWS = 16
 _max_reduce: Any = np.maximum.reduce  # called positionally: (a, axis, dtype, out, keepdims)
@@ -113,7 +115,8 @@ class Plan:
         self.dtype = np.dtype(self.dtype_name)  # NumPy and CuPy arrays share NumPy dtypes
         self.cupy = backend.name == "cupy"
         wmax = max(self.widths)
-        self.chunk = max(MIN_CHUNK_ROWS, 1 << max(0, (CHUNK_ELEMS // wmax).bit_length() - 1))
+        rows = 1 << max(0, (CHUNK_ELEMS // wmax).bit_length() - 1)
+        self.chunk = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows))
         self._tls = threading.local()
         self._half, self._one, self._zero = backend.consts(self.dtype)
 

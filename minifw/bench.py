@@ -409,9 +409,16 @@ class Timer:
     """Interleaved rounds with the contamination check."""
 
     def __init__(
-        self, rounds: int, loop_s: float, max_foreign: float, retries: int, pause_s: float
+        self,
+        rounds: int,
+        loop_s: float,
+        max_foreign: float,
+        retries: int,
+        pause_s: float,
+        settle_s: float = 0.0,
     ) -> None:
-        self.rounds, self.loop_s = rounds, loop_s
+        self.rounds, self.loop_s, self.settle_s = rounds, loop_s, settle_s
+        self.warmup = 2
         self.max_foreign, self.retries, self.pause_s = max_foreign, retries, pause_s
         self.discarded = 0
         self.accepted_anyway = 0
@@ -431,15 +438,20 @@ class Timer:
     def measure(self, engines: list[Engine]) -> dict[str, list[float]]:
         loops: dict[str, int] = {}
         for e in engines:  # warm up, then size each loop to about loop_s
-            for _ in range(2):
+            for _ in range(self.warmup):
                 e()
             t0 = time.perf_counter()
             e()
             dt = time.perf_counter() - t0
             loops[e.name] = max(1, min(100_000, int(self.loop_s / max(dt, 1e-7))))
         times: dict[str, list[float]] = {e.name: [] for e in engines}
-        for _ in range(self.rounds):
-            for e in engines:
+        for r in range(self.rounds):
+            # rotate the order each round, and let the previous engine's worker threads
+            # (OpenBLAS, OpenMP, ONNX Runtime spin after a call) go idle before the next
+            k = r % len(engines)
+            for e in engines[k:] + engines[:k]:
+                if self.settle_s:
+                    time.sleep(self.settle_s)
                 n = loops[e.name]
                 for attempt in range(self.retries + 1):
                     dt, foreign = self._loop(e, n)
@@ -815,6 +827,12 @@ def parser() -> argparse.ArgumentParser:
         help="discard a loop when other processes used more than this share of the CPUs",
     )
     ap.add_argument("--retries", type=int, default=None, help="redo a disturbed loop this often")
+    ap.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=None,
+        help="pause before each timed loop so other engines' spinning threads go idle (0.12)",
+    )
     ap.add_argument("--no-train", action="store_true", help="skip the training epoch")
     ap.add_argument("--train-epochs", type=int, default=None, help="epochs per engine")
     ap.add_argument("--data-dir", type=Path, default=None, help="for the Fashion-MNIST epoch")
@@ -847,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick or args.smoke
     rounds = args.rounds or (1 if args.smoke else 3 if args.quick else 9)
     loop_s = args.loop_seconds or (0.002 if args.smoke else 0.03 if args.quick else 0.1)
-    retries = args.retries if args.retries is not None else (0 if args.smoke else 2 if quick else 6)
+    retries = args.retries if args.retries is not None else (0 if quick else 6)
     if rounds < 1 or loop_s <= 0 or (args.retries is not None and args.retries < 0):
         ap.error("--rounds, --loop-seconds and --retries must be positive")
     args.train_epochs = args.train_epochs or (1 if quick else 3)
@@ -855,20 +873,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import minifw as mf
 
+    notes: dict[str, str] = {}
     if args.backends is None:
         backends = [b for b in mf.backend.available() if b not in ("numpy", "cupy")]
-        if args.smoke:
-            backends = [b for b in backends if b == "array_api_strict"]
+        if quick and backends:
+            notes["minifw other backends"] = (
+                f"{', '.join(backends)}: measured in the full run (or pass --backends)"
+            )
+            backends = []
     else:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    notes: dict[str, str] = {}
     if args.device == "cuda":
         mf.backend.get("cupy", source="minifw bench --device cuda")  # a clear error if absent
         backends = []
     for name, why in mf.backend.unavailable().items():
         if args.backends is None or name in backends:
             notes[f"minifw {name}"] = f"not available: {why}"
-    timer = Timer(rounds, loop_s, args.max_foreign, retries, pause_s=0.2)
+    settle = args.settle_seconds
+    if settle is None:
+        settle = 0.0 if args.smoke else 0.05 if args.quick else 0.12
+    timer = Timer(rounds, loop_s, args.max_foreign, retries, pause_s=0.2, settle_s=settle)
+    if quick:
+        timer.warmup = 1
     result: dict[str, Any] = {"command": [PROG, *(argv if argv is not None else sys.argv[1:])]}
     result["machine"] = machine_info()
     with np.errstate(over="ignore"):  # the book's sigmoid overflows in exp for large -x
@@ -884,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     result["timing"] = {
         "rounds": rounds,
         "loop_seconds": loop_s,
+        "settle_seconds": settle,
         "max_foreign_share": args.max_foreign,
         "discarded_loops": timer.discarded,
         "accepted_anyway": timer.accepted_anyway,
