@@ -111,6 +111,7 @@ class Plan:
         self.acts = tuple(a for _, a in steps)
         self.n_in: int = steps[0][0].in_features
         self.widths = tuple(m.out_features for m, _ in steps)
+        self.n_hidden = len(self.widths) - 1
         self.dtype_name: str = steps[0][0].dtype
         self.dtype = np.dtype(self.dtype_name)  # NumPy and CuPy arrays share NumPy dtypes
         self.cupy = backend.name == "cupy"
@@ -182,15 +183,19 @@ class Plan:
     def _block(self, x: Any, y: Any) -> None:
         """All steps on one block of rows, ``x`` to ``y``: the same ufuncs in the same order
         as the layers' own forward, so the results are the same bits."""
-        bufs = self._buffers(x.shape[0])
+        n = x.shape[0]
+        tls = self._tls
+        bufs = getattr(tls, "views", None)
+        if bufs is None or tls.n != n:
+            bufs = self._buffers(n)
         half, zero = self._half, self._zero
-        nh = len(self.widths) - 1
-        matmul = np.matmul
+        nh = self.n_hidden
+        dot = np.dot  # for 2-D arrays the same BLAS call as matmul (same bits), less overhead
         h = x
         i = 0
         for m, act in self.steps:
             out = bufs[i] if i < nh else y
-            matmul(h, m._weight, out=out)
+            dot(h, m._weight, out)
             b = m._bias
             if b is not None:
                 np.add(out, b, out)
