@@ -396,3 +396,59 @@ def test_describe_plan() -> None:
     model = mf.Sequential(mf.Dense(4, 3), mf.Sigmoid(), mf.Dense(3, 2), mf.Softmax())
     text = _fast.describe(model._fast_plan())
     assert text.startswith("numpy: 4→3 sigmoid, 3→2 softmax")
+
+
+def _fake_cupy_module(monkeypatch: Any) -> Any:
+    """A module named ``cupy`` made of NumPy and the kernel stand-ins above, installed in
+    ``sys.modules`` (and the backend registry cleaned up afterwards)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    kernels = _FakeCupy()
+    mod = types.ModuleType("cupy")
+    mod.__version__ = "0-fake"
+    mod.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+    mod.__getattr__ = lambda name: getattr(np, name)  # type: ignore[method-assign]
+    mod.ElementwiseKernel = kernels.ElementwiseKernel
+    mod.RawKernel = kernels.RawKernel
+    mod.asnumpy = lambda a: np.array(a, copy=True)
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Fake GPU"}
+    )
+    mod.cuda = types.SimpleNamespace(runtime=runtime, get_current_stream=lambda: stream)
+    mod.kernels = kernels
+    monkeypatch.setitem(sys.modules, "cupy", mod)
+    monkeypatch.delitem(mf.backend._loaded, "cupy", raising=False)
+    monkeypatch.setattr(mf.backend, "_loaded", dict(mf.backend._loaded))  # restored after
+    monkeypatch.setattr(_fast, "_KERNELS", _fast._CupyKernels())
+    return mod
+
+
+def test_cupy_backend_model_and_gpu_bench_with_a_stand_in(monkeypatch: Any, tmp_path: Any) -> None:
+    """The CuPy route end to end on a NumPy stand-in: the model runs through the fused
+    kernels, and ``minifw bench --device cuda`` builds and times its engines."""
+    import json
+
+    from minifw import bench
+
+    cp = _fake_cupy_module(monkeypatch)
+    with mf.backend.use("cupy"):
+        model = mf.Sequential(mf.Dense(784, 50), mf.Sigmoid(), mf.Dense(50, 10), mf.Softmax())
+    assert model.backend.name == "cupy" and model._fast_plan().cupy
+    x = np.random.default_rng(8).random((33, 784), dtype=np.float32)
+    cp.kernels.calls.clear()
+    y = model(x)
+    assert [c[0] for c in cp.kernels.calls] == ["minifw_bias_sigmoid", "minifw_softmax_float"]
+    np.testing.assert_allclose(y, naive(model, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.predict(x, batch_size=10), y, rtol=1e-6, atol=1e-8)
+    assert model(np.zeros((0, 784), np.float32)).shape == (0, 10)
+    rc = bench.main(["--device", "cuda", "--smoke", "--networks", "S", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    row = res["inference"][1]
+    assert row["batch"] == 64
+    assert set(row["engines"]) >= {bench.MINIFW_REF_GPU, "GEMM floor (3 matmuls, cuBLAS)"}
+    assert row["engines"][bench.MINIFW_REF_GPU]["max_abs_diff_vs_float64"] < 1e-5
+    assert "torch CUDA" in res["notes"]
