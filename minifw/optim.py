@@ -12,6 +12,7 @@ immutable, as in JAX) each step computes new arrays and hands them to the layer 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -226,6 +227,7 @@ class _Flat:
         self.tmp: Any = None
         self.state: dict[str, Any] = {}
         self.chunks: list[tuple[int, int]] = []
+        self.workers = 0  # worker threads that share the update with the caller
         self.xp: Any = None
 
     @classmethod
@@ -265,8 +267,10 @@ class _Flat:
             f.views.append((m, n, pv, gv))
             off += size
         nt = max(1, min(_threads(), total // MIN_CHUNK)) if b.name == "numpy" else 1
-        bounds = [total * i // nt for i in range(nt + 1)]
-        f.chunks = [(bounds[i], bounds[i + 1]) for i in range(nt)]
+        f.workers = nt - 1
+        nc = 1 if nt == 1 else min(2 * nt, total // max(1, MIN_CHUNK // 2))  # chunks to share
+        bounds = [total * i // nc for i in range(nc + 1)]
+        f.chunks = [(bounds[i], bounds[i + 1]) for i in range(nc)]
         return f
 
     def matches(self, slots: list[tuple[str, Module, str]]) -> bool:
@@ -292,12 +296,48 @@ class _Flat:
             st = {k: v[s:e] for k, v in self.state.items()}
             opt._update_fast(self.xp, self.p[s:e], self.g[s:e], st, self.tmp[s:e])
 
-        futures = [
-            _get_pool(len(self.chunks) - 1).submit(part, i) for i in range(1, len(self.chunks))
-        ]
-        part(0)
-        for fu in futures:
-            fu.result()
+        task = _Task(part, len(self.chunks))
+        pool = _get_pool(self.workers)
+        for _ in range(self.workers):
+            pool.submit(task.work)
+        task.work()  # this thread takes chunks too, and all of them if no worker is free
+        task.wait()
+
+
+class _Task:
+    """Chunks ``0..n-1`` of one update, taken in turn by whichever thread is free.
+
+    The caller works too and waits only for chunks already taken by a worker, never for
+    a worker that has not been scheduled yet (on a busy machine that can take a time
+    slice of another process), so a split update is never much slower than one thread.
+    """
+
+    def __init__(self, fn: Any, n: int) -> None:
+        self.fn, self.n = fn, n
+        self._next = itertools.count()  # next() is atomic in CPython
+        self._done = 0
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def work(self) -> None:
+        while True:
+            i = next(self._next)
+            if i >= self.n:
+                return
+            try:
+                self.fn(i)
+            except BaseException as e:  # re-raised in the caller by wait()
+                self.error = e
+            with self._lock:
+                self._done += 1
+                if self._done == self.n:
+                    self._finished.set()
+
+    def wait(self) -> None:
+        self._finished.wait()
+        if self.error is not None:
+            raise self.error
 
 
 def _slots(model: Module) -> Iterator[tuple[str, Module, str]]:
