@@ -687,14 +687,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"Method: {t['rounds']} interleaved rounds of ~{t['loop_seconds']} s loops per engine; "
         f"{t['discarded_loops']} loops discarded (other processes busy), "
         f"{t['accepted_anyway']} accepted anyway; other processes used {t['foreign_cpu_s']:.1f} "
-        f"CPU-s meanwhile. Wall {result['wall_s']:.0f} s."
+        f"CPU-s meanwhile. Wall {result['wall_s']:.0f} s. Times are per call; the ratio "
+        f"column is minifw's median time ({result.get('minifw_ref', MINIFW_REF)}) over the "
+        "engine's (below 1: minifw is faster)."
     )
     lines.append("")
     for row in result["inference"]:
         lines.append(f"## {row['network']} ({row['layers']}), batch {row['batch']}")
         lines.append("")
         lines.append(
-            "| engine | median | min | max | samples/s | GFLOP/s | minifw ÷ engine | "
+            "| engine | median | min | max | samples/s | GFLOP/s | minifw time ÷ engine's | "
             "max abs diff | RSS peak rise | traced peak |"
         )
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -917,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         "foreign_cpu_s": timer.foreign_cpu_s,
     }
     result["notes"] = notes
+    result["minifw_ref"] = MINIFW_REF_GPU if args.device == "cuda" else MINIFW_REF
     result["wall_s"] = time.perf_counter() - t_start
     with contextlib.suppress(OSError):
         result["machine"]["loadavg_end"] = list(os.getloadavg())
