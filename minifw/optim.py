@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -181,24 +180,14 @@ class Optimizer:
         raise NotImplementedError
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
+#: Threads that share a NumPy update (1: the calling thread only). Measured on 2 cores
+#: with 2 BLAS threads, splitting made an epoch slower: after each GEMM the BLAS worker
+#: threads spin for a while on the other core. Raise it when BLAS runs single-threaded.
+THREADS = 1
+#: Fewest elements per thread when an update is split.
+MIN_CHUNK = 1 << 16
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
-#: Fewest elements per thread when an update is split across cores (NumPy only).
-MIN_CHUNK = 1 << 16
-
-
-def _threads() -> int:
-    env = os.environ.get("MINIFW_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
-    return _cores()
 
 
 def _get_pool(workers: int) -> ThreadPoolExecutor:
@@ -212,7 +201,7 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
 class _Flat:
     """NumPy/CuPy fast path: a model's parameters, gradients and optimizer state gathered
     into contiguous 1-D buffers, so that each step is a dozen ufunc passes over one array
-    (split across cores on NumPy) instead of a dozen per parameter.
+    (shared by ``THREADS`` threads on NumPy) instead of a dozen per parameter.
 
     The layers' parameters become views into the buffer (``module._assign``) and their
     ``grads`` entries views into the gradient buffer, which ``Dense.backward`` fills in
@@ -266,7 +255,7 @@ class _Flat:
             m.grads[n] = gv
             f.views.append((m, n, pv, gv))
             off += size
-        nt = max(1, min(_threads(), total // MIN_CHUNK)) if b.name == "numpy" else 1
+        nt = max(1, min(int(THREADS), total // MIN_CHUNK)) if b.name == "numpy" else 1
         f.workers = nt - 1
         nc = 1 if nt == 1 else min(2 * nt, total // max(1, MIN_CHUNK // 2))  # chunks to share
         bounds = [total * i // nc for i in range(nc + 1)]

@@ -277,7 +277,7 @@ def test_split_across_threads_is_bit_identical(monkeypatch: pytest.MonkeyPatch, 
     """The update split into chunks shared by threads gives the bits of one thread."""
     results = []
     for threads in ("1", "3"):
-        monkeypatch.setenv("MINIFW_NUM_THREADS", threads)
+        monkeypatch.setattr(optim, "THREADS", int(threads))
         monkeypatch.setattr(optim, "MIN_CHUNK", 4)
         mf.seed(0)
         model = small_model("numpy")
