@@ -433,3 +433,15 @@ def test_fused_loss_on_non_contiguous_logits(owned: bool) -> None:
     loss, g = losses.softmax_cross_entropy(b, z, t, owned)
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
     np.testing.assert_allclose(g, ref_g, rtol=1e-6, atol=1e-7)
+
+
+def test_integral_float_and_list_labels_are_class_indices() -> None:
+    x, y = blobs(96)
+    sds = []
+    for labels in (y, y.astype(np.float64), y.tolist()):
+        model = mlp()
+        model.fit(x, labels, epochs=1, batch_size=32, seed=0, progress=False)
+        sds.append(model.state_dict())
+    for sd in sds[1:]:
+        for k, v in sds[0].items():
+            np.testing.assert_array_equal(v, sd[k])
