@@ -293,6 +293,19 @@ _executor: Any = None
 _executor_size = 0
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: start afresh (a stale pool would
+    accept work that no thread ever runs)."""
+    global _executor, _executor_size, _BLAS, _pool_lock
+    _executor, _executor_size = None, 0
+    _pool_lock = threading.Lock()
+    _BLAS = _BlasLimiter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _pool(size: int) -> Any:
     """A shared pool of worker threads (grown when more are asked for)."""
     global _executor, _executor_size

@@ -452,3 +452,33 @@ def test_cupy_backend_model_and_gpu_bench_with_a_stand_in(monkeypatch: Any, tmp_
     assert set(row["engines"]) >= {bench.MINIFW_REF_GPU, "GEMM floor (3 matmuls, cuBLAS)"}
     assert row["engines"][bench.MINIFW_REF_GPU]["max_abs_diff_vs_float64"] < 1e-5
     assert "torch CUDA" in res["notes"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_parallel_predict_works_in_a_forked_child(monkeypatch: Any) -> None:
+    """The worker pool does not survive fork(): the child must start its own, not wait on
+    the parent's dead threads."""
+    import os
+
+    monkeypatch.setattr(_fast, "max_threads", 2)
+    model = build([64, 32, 4], ["relu", "none"], False, True, "float32")
+    x = np.random.default_rng(9).random((model._fast_plan().chunk * 3, 64), dtype=np.float32)
+    expected = model.predict(x)  # the parent's pool exists now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report 1 if the parallel predict finishes and agrees
+        try:
+            ok = np.allclose(model.predict(x), expected, rtol=1e-6, atol=1e-7)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    import select
+
+    ready, _, _ = select.select([r], [], [], 60)
+    got = os.read(r, 1) if ready else b""
+    os.close(r)
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert got == b"1", "the forked child's predict hung or disagreed"
