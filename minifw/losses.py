@@ -34,7 +34,8 @@ def _backend_for(x: Any) -> Backend:
 def _one_hot(b: Backend, idx: Any, n_classes: int, dtype: Any) -> Any:
     """Integer class indices ``(N,)`` -> float one-hot rows ``(N, C)`` (portable path)."""
     xp = b.xp
-    classes = xp.arange(n_classes, dtype=idx.dtype)
+    # on idx's device: a CUDA torch tensor compared with a CPU arange would fail
+    classes = xp.arange(n_classes, dtype=idx.dtype, device=idx.device)
     return xp.astype(xp.reshape(idx, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
 
 
