@@ -819,6 +819,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output dir")
     ap.add_argument("--networks", default="S,W", help="comma-separated: S, W (default both)")
     ap.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="batch sizes per network, e.g. 'S=10000;W=8192' (default: S 1,100,10000; "
+        "W 1,256,8192)",
+    )
+    ap.add_argument(
         "--rounds", type=int, default=None, help="interleaved rounds (default 9; 3 quick)"
     )
     ap.add_argument("--loop-seconds", type=float, default=None, help="length of one timed loop")
@@ -863,7 +869,17 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not nets:
         ap.error(f"--networks: unknown {bad or args.networks!r}; choose from {list(NETWORKS)}")
     args.networks = nets
-    args.batches = SMOKE_BATCHES if args.smoke else {}
+    args.batches = dict(SMOKE_BATCHES) if args.smoke else {}
+    for item in (args.batch_sizes or "").split(";"):
+        if not item.strip():
+            continue
+        name, _, sizes = item.partition("=")
+        try:
+            args.batches[name.strip().upper()] = tuple(int(v) for v in sizes.split(","))
+        except ValueError:
+            ap.error(f"--batch-sizes: expected e.g. 'S=1,100;W=8192', got {item!r}")
+        if name.strip().upper() not in NETWORKS or min(args.batches[name.strip().upper()]) < 1:
+            ap.error(f"--batch-sizes: bad entry {item!r}")
     quick = args.quick or args.smoke
     rounds = args.rounds or (1 if args.smoke else 3 if args.quick else 9)
     loop_s = args.loop_seconds or (0.002 if args.smoke else 0.03 if args.quick else 0.1)
