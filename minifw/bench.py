@@ -490,8 +490,8 @@ def _reset_peak_rss() -> bool:
 
 
 def memory_per_call(e: Engine) -> dict[str, Any]:
-    """Steady-state memory of one call: RSS high-water rise and traced allocations."""
-    e()  # warm
+    """Steady-state memory of one call (the engine is warm from the timing): RSS high-water
+    rise and traced allocations."""
     gc.collect()
     out: dict[str, Any] = {}
     if _reset_peak_rss():
@@ -882,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--batch-sizes: bad entry {item!r}")
     quick = args.quick or args.smoke
     rounds = args.rounds or (1 if args.smoke else 3 if args.quick else 9)
-    loop_s = args.loop_seconds or (0.002 if args.smoke else 0.03 if args.quick else 0.1)
+    loop_s = args.loop_seconds or (0.002 if args.smoke else 0.02 if args.quick else 0.1)
     retries = args.retries if args.retries is not None else (0 if quick else 6)
     if rounds < 1 or loop_s <= 0 or (args.retries is not None and args.retries < 0):
         ap.error("--rounds, --loop-seconds and --retries must be positive")
@@ -892,21 +892,29 @@ def main(argv: list[str] | None = None) -> int:
     import minifw as mf
 
     notes: dict[str, str] = {}
-    if args.backends is None:
-        backends = [b for b in mf.backend.available() if b not in ("numpy", "cupy")]
-        if quick and backends:
-            notes["minifw other backends"] = (
-                f"{', '.join(backends)}: measured in the full run (or pass --backends)"
-            )
-            backends = []
+    if args.backends is None and quick:  # no engine imports: they take seconds
+        others = [
+            n
+            for n in mf.backend.NAMES
+            if n not in ("numpy", "cupy")
+            and importlib.util.find_spec(mf.backend._REGISTRY[n][1]) is not None
+        ]
+        notes["minifw other backends"] = (
+            f"{', '.join(others) or 'none installed'}: measured in the full run "
+            "(or pass --backends)"
+        )
+        backends = []
     else:
-        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        if args.backends is None:
+            backends = [b for b in mf.backend.available() if b not in ("numpy", "cupy")]
+        else:
+            backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        for name, why in mf.backend.unavailable().items():
+            if args.backends is None or name in backends:
+                notes[f"minifw {name}"] = f"not available: {why}"
     if args.device == "cuda":
         mf.backend.get("cupy", source="minifw bench --device cuda")  # a clear error if absent
         backends = []
-    for name, why in mf.backend.unavailable().items():
-        if args.backends is None or name in backends:
-            notes[f"minifw {name}"] = f"not available: {why}"
     settle = args.settle_seconds
     if settle is None:
         settle = 0.0 if args.smoke else 0.05 if args.quick else 0.12
