@@ -426,6 +426,8 @@ class _CupyBlock:
             if act == SOFTMAX:
                 k = _KERNELS.softmax(cp, dtype_name)
                 grid, block = launch_config(n)
+                if b is not None and not b.flags.c_contiguous:  # the kernel indexes b[j]
+                    b = cp.ascontiguousarray(b)
                 bias = b if b is not None else out  # not read when has_bias is 0
                 k(
                     grid,
