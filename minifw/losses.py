@@ -35,7 +35,10 @@ def _one_hot(b: Backend, idx: Any, n_classes: int, dtype: Any) -> Any:
     """Integer class indices ``(N,)`` -> float one-hot rows ``(N, C)`` (portable path)."""
     xp = b.xp
     # on idx's device: a CUDA torch tensor compared with a CPU arange would fail
-    classes = xp.arange(n_classes, dtype=idx.dtype, device=idx.device)
+    # (dask arrays have no .device: they take the default)
+    dev = getattr(idx, "device", None)
+    kw = {} if dev is None else {"device": dev}
+    classes = xp.arange(n_classes, dtype=idx.dtype, **kw)
     return xp.astype(xp.reshape(idx, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
 
 
