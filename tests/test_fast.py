@@ -455,6 +455,9 @@ def test_cupy_backend_model_and_gpu_bench_with_a_stand_in(monkeypatch: Any, tmp_
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+# JAX (loaded by other tests in this process) warns on any fork; the child here touches only
+# NumPy, and the parent kills it after 60 s, so a hang cannot stall the suite.
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_parallel_predict_works_in_a_forked_child(monkeypatch: Any) -> None:
     """The worker pool does not survive fork(): the child must start its own, not wait on
     the parent's dead threads."""
