@@ -286,9 +286,11 @@ def test_steady_state_predict_allocates_only_its_result(n: int, monkeypatch: Any
     finally:
         tracemalloc.stop()
     # at most two results alive at once (the old y until reassigned), NumPy's fixed reduction
-    # scratch (8192 elements, freed at once) and Python bookkeeping (futures, slices): nothing
-    # that grows with the batch
-    assert peak <= 2 * y.nbytes + 64 * 1024, peak
+    # scratch (8192 elements, freed at once) and Python bookkeeping (futures, slices; how much
+    # of it is alive at the peak depends on thread timing, 66-72 KiB seen under load): nothing
+    # that grows with the batch (the smallest per-batch buffer here, n x 50 floats, is 600 KiB
+    # at n=3000)
+    assert peak <= 2 * y.nbytes + 128 * 1024, peak
     if n > 1:
         assert peak < 2 * y.nbytes + 100 * 4 * n  # less than one hidden activation more
 
