@@ -18,7 +18,6 @@ The data is read from ``$MINIFW_DATA_DIR/fashion-mnist`` (or ``--data-dir``); wi
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -57,15 +56,6 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float, float, float | None]:
     return out, wall, cpu, foreign
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """A gzip'd IDX file (uint8 payload) as a NumPy array."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load_train(data_dir: Path | None, synthetic: bool) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST training split as (60000, 784) float32 in [0, 1] and int64 labels."""
     if synthetic:
@@ -73,10 +63,9 @@ def load_train(data_dir: Path | None, synthetic: bool) -> tuple[np.ndarray, np.n
         return rng.random((60000, 784), dtype=np.float32), rng.integers(0, 10, 60000)
     if data_dir is None:
         raise SystemExit("no data: set MINIFW_DATA_DIR, pass --data-dir, or use --synthetic")
-    d = data_dir / "fashion-mnist"
-    x = _read_idx(d / "train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255.0
-    y = _read_idx(d / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    return x, y
+    from minifw.datasets import load_fashion_mnist
+
+    return load_fashion_mnist("train", data_dir=data_dir / "fashion-mnist", download=False)
 
 
 def build_minifw(seed: int) -> mf.Sequential:

@@ -13,7 +13,6 @@ The data comes from ``--data-dir`` (a folder holding the Fashion-MNIST IDX files
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -38,24 +37,10 @@ CLASSES = (
 )
 
 
-def _read_idx_gz(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load(split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)``: images as (N, 784) float32 in [0, 1], labels as int64."""
-    try:
-        from minifw.datasets import load_fashion_mnist
-    except ImportError:  # an older minifw without the datasets module: read the files here
-        d = data_dir or Path(os.environ.get("MINIFW_DATA_DIR", ".")) / "fashion-mnist"
-        prefix = "train" if split == "train" else "t10k"
-        x = _read_idx_gz(d / f"{prefix}-images-idx3-ubyte.gz").reshape(-1, 784)
-        y = _read_idx_gz(d / f"{prefix}-labels-idx1-ubyte.gz")
-        return x.astype(np.float32) / 255.0, y.astype(np.int64)
+    from minifw.datasets import load_fashion_mnist
+
     return load_fashion_mnist(split, data_dir=data_dir)
 
 
@@ -104,18 +89,6 @@ def plot(history: mf.History, path: Path) -> None:
             os.unlink(tmp)
 
 
-def save_model(model: mf.Sequential, path: Path) -> Path | None:
-    """Save with ``model.save`` or ``mf.save`` when this minifw has them."""
-    saver = getattr(model, "save", None)
-    if saver is not None:
-        saver(path)
-        return path
-    if hasattr(mf, "save"):
-        mf.save(model, path)
-        return path
-    return None
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=10)
@@ -152,14 +125,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / "fashion_mnist_curves.png"
     plot(history, png)
-    saved = save_model(model, args.out / "fashion_mnist_mlp.npz")
+    saved = args.out / "fashion_mnist_mlp.npz"
+    model.save(saved)
     per_epoch = seconds / max(args.epochs, 1)
     print(
         f"test accuracy {result['accuracy']:.4f}, test loss {result['loss']:.4f} after "
         f"{args.epochs} epochs on {len(x_train)} images; {per_epoch:.2f} s/epoch "
         f"(including the test-set evaluation each epoch)"
     )
-    print(f"curves: {png}" + (f"; model: {saved}" if saved else "; model not saved (no mf.save)"))
+    print(f"curves: {png}; model: {saved}")
     return {
         "history": history.history,
         "test_accuracy": result["accuracy"],

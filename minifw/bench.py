@@ -235,7 +235,9 @@ def gemm_floor(net: Net, x: np.ndarray) -> Callable[[], Any]:
     return run
 
 
-def torch_cpu(net: Net) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def torch_sequential(net: Net) -> Any:
+    """The network as a ``torch.nn.Sequential`` in eval mode, on the CPU, with ``net``'s
+    weights (torch stores ``Linear.weight`` as (out, in): the transpose of minifw's)."""
     import torch
 
     act = torch.nn.Sigmoid if net.act == "sigmoid" else torch.nn.ReLU
@@ -246,7 +248,13 @@ def torch_cpu(net: Net) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(net.W[i].T)))
             lin.bias.copy_(torch.from_numpy(net.b[i]))
         mods += [lin, act()] if i < 2 else [lin, torch.nn.Softmax(dim=-1)]
-    seq = torch.nn.Sequential(*mods).eval()
+    return torch.nn.Sequential(*mods).eval()
+
+
+def torch_cpu(net: Net) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    import torch
+
+    seq = torch_sequential(net)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -368,15 +376,7 @@ def build_gpu_engines(net: Net, x: np.ndarray, notes: dict[str, str]) -> list[En
 
         if not torch.cuda.is_available():
             raise ImportError("torch has no CUDA here")
-        act = torch.nn.Sigmoid if net.act == "sigmoid" else torch.nn.ReLU
-        mods: list[Any] = []
-        for i in range(3):
-            lin = torch.nn.Linear(net.sizes[i], net.sizes[i + 1])
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(net.W[i].T)))
-                lin.bias.copy_(torch.from_numpy(net.b[i]))
-            mods += [lin, act()] if i < 2 else [lin, torch.nn.Softmax(dim=-1)]
-        seq = torch.nn.Sequential(*mods).eval().cuda()
+        seq = torch_sequential(net).cuda()
         xt = torch.from_numpy(x).cuda()
 
         def run_torch() -> Any:
