@@ -202,7 +202,7 @@ def test_models_without_a_plan_use_the_layers(layers: list[Any]) -> None:
     np.testing.assert_array_equal(model(x), model._forward(x, False, False)[0])
     if not isinstance(layers[-1], mf.Softmax):  # softmax over the batch axis depends on it
         np.testing.assert_allclose(
-            model.predict(x, batch_size=2), model._forward(x, False, False)[0], rtol=1e-6
+            model.predict(x, batch_size=2), model._forward(x, False, False)[0], rtol=1e-6, atol=1e-6
         )
 
 
