@@ -9,8 +9,9 @@ skipped), on a backend with ``fast`` arrays. Anything else takes the layers' own
 * reads the parameters at every call, so ``set_param`` and in-place optimizer updates
   are always seen (nothing derived from the weights is cached);
 * computes each Dense as one ``matmul`` into a per-thread buffer (``threading.local``),
-  then bias + activation in place on that buffer: a few in-place ufuncs on NumPy, one
-  compiled kernel on CuPy;
+  then bias + activation in place on that buffer: a few in-place ufuncs on NumPy (for a
+  sigmoid the bias goes in with the negation, ``(-b) - xW``, the same bits as
+  ``-(xW + b)``), one compiled kernel on CuPy;
 * allocates only its result, which belongs to the caller: later calls never write it;
 * on NumPy at large batches, splits the rows into cache-sized chunks that each run the
   whole network, on every core at once: BLAS is held to one thread per call while the
@@ -163,7 +164,8 @@ class Plan:
     # -- per-thread buffers ------------------------------------------------------------
     def _buffers(self, n: int) -> list[Any]:
         """This thread's buffers for ``n`` rows: one per hidden activation, then the
-        ``(n, 1)`` softmax scratch column."""
+        ``(n, 1)`` softmax scratch column, then one bias-sized scratch vector per layer
+        (for the negated bias of a sigmoid layer)."""
         tls = self._tls
         got = getattr(tls, "views", None)
         if got is not None and tls.n == n:
@@ -175,7 +177,8 @@ class Plan:
             base = [xp.empty((cap, w), dtype=dt) for w in self.widths[:-1]]
             base.append(xp.empty((cap, 1), dtype=dt))
             tls.base, tls.cap = base, cap
-        views = [a[:n] for a in base]
+            tls.negb = [xp.empty(w, dtype=dt) for w in self.widths]
+        views = [a[:n] for a in base] + tls.negb
         tls.views, tls.n = views, n
         return views
 
@@ -188,7 +191,7 @@ class Plan:
         bufs = getattr(tls, "views", None)
         if bufs is None or tls.n != n:
             bufs = self._buffers(n)
-        half, zero = self._half, self._zero
+        one, zero = self._one, self._zero
         nh = self.n_hidden
         dot = np.dot  # for 2-D arrays the same BLAS call as matmul (same bits), less overhead
         h = x
@@ -197,14 +200,21 @@ class Plan:
             out = bufs[i] if i < nh else y
             dot(h, m._weight, out)
             b = m._bias
+            if act == SIGMOID:  # 1 / (1 + exp(-z)), as minifw.functional: same bits
+                if b is not None:  # -(xW + b) in one pass: (-b) - xW is the same bits
+                    np.subtract(np.negative(b, bufs[nh + 1 + i]), out, out)
+                else:
+                    np.negative(out, out)
+                with np.errstate(over="ignore"):  # exp overflows to inf: 1 / (1 + inf) = 0
+                    np.exp(out, out)
+                np.add(out, one, out)
+                np.divide(one, out, out)
+                h = out
+                i += 1
+                continue
             if b is not None:
                 np.add(out, b, out)
-            if act == SIGMOID:  # 0.5 * tanh(0.5 * z) + 0.5, as minifw.functional: same bits
-                np.multiply(out, half, out)
-                np.tanh(out, out)
-                np.multiply(out, half, out)
-                np.add(out, half, out)
-            elif act == RELU:
+            if act == RELU:
                 np.maximum(out, zero, out=out)  # NaN propagates
             elif act == SOFTMAX:
                 col = bufs[nh]

@@ -4,14 +4,20 @@ Each function takes an array of any engine (or a list / NumPy array) and returns
 array of the same engine. NumPy and CuPy take a fast path of ufuncs; every other engine
 takes the portable Array API path. Integer and boolean inputs are computed in float32.
 
-All are numerically safe for any finite input: ``sigmoid`` is computed as
-``0.5 * tanh(x / 2) + 0.5``, which never overflows; ``softmax`` and ``log_softmax``
+All are numerically safe for any input and never warn: ``sigmoid`` is
+``1 / (1 + exp(-x))``, where ``exp`` may overflow to ``inf`` for very negative ``x``
+(below about -88.7 in float32) and ``1 / (1 + inf)`` is the exact limit 0 (the overflow
+warning of that one call is silenced on NumPy; the portable path clamps ``x`` at the
+dtype's largest finite ``exp`` argument instead, so there it gives a tiny positive value
+such as 6e-39 where the exact result underflows); ``softmax`` and ``log_softmax``
 subtract the per-row maximum first. NaN in gives NaN out.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from . import backend as _backend
 from .backend import Backend
@@ -31,15 +37,21 @@ def _prep(x: Any) -> tuple[Backend, Any]:
 
 
 def sigmoid_(b: Backend, x: Any, inplace: bool) -> Any:
+    # 1 / (1 + exp(-x)): one exp per element, about twice as fast on the CPU as the
+    # tanh form 0.5 * tanh(x / 2) + 0.5, and more accurate for negative x (no 1 - 1
+    # cancellation). minifw._fast repeats these exact steps, so the two give the same bits.
+    xp = b.xp
     if b.fast:
-        xp = b.xp
-        half = b.consts(x.dtype)[0]
-        y = xp.multiply(x, half, out=x if inplace else None)
-        xp.tanh(y, out=y)
-        y *= half
-        y += half
+        one = b.consts(x.dtype)[1]
+        y = xp.negative(x, out=x if inplace else None)
+        with np.errstate(over="ignore"):  # exp(89.) is inf in float32: 1 / (1 + inf) = 0
+            xp.exp(y, out=y)
+        xp.add(y, one, out=y)
+        xp.divide(one, y, out=y)
         return y
-    return 0.5 * b.xp.tanh(0.5 * x) + 0.5
+    # no overflow at all: clamp at the largest whole argument whose exp is finite
+    lo = -88.0 if b.dtype_name(x) == "float32" else -709.0
+    return 1 / (1 + xp.exp(-xp.clip(x, min=lo)))
 
 
 def tanh_(b: Backend, x: Any, inplace: bool) -> Any:
