@@ -13,8 +13,10 @@ preallocated outputs). Training: one Fashion-MNIST epoch of 784-256-128-10 (batc
 Adam) against PyTorch CPU, from ``benchmarks/train_epoch.py`` when it is there.
 
 Method: for each configuration every engine is warmed up, then timed in interleaved
-rounds (engine A, B, C, ... then again), each round a loop of calls lasting about
-``--loop-seconds``. A loop during which other processes used more than ``--max-foreign``
+rounds (engine A, B, C, ... then again, the order rotated each round). Before each timed
+loop the command waits until the previous engine's worker threads have stopped spinning
+(at most ``--settle-seconds``) and makes one untimed call; the loop then lasts about
+``--loop-seconds`` (at least 3 calls; 1 with ``--quick``). A loop during which other processes used more than ``--max-foreign``
 of the machine's CPU (from ``/proc/stat`` minus this process) is thrown away and redone
 after a pause. Reported: median, min and max time per call, samples/s, ratios of minifw
 to each peer, peak memory per call (RSS high-water mark and traced allocations), and the
@@ -419,11 +421,28 @@ class Timer:
     ) -> None:
         self.rounds, self.loop_s, self.settle_s = rounds, loop_s, settle_s
         self.warmup = 2
+        #: Timed calls per loop at least (a single slow call would weigh too much).
+        self.min_calls = 3
         self.max_foreign, self.retries, self.pause_s = max_foreign, retries, pause_s
         self.discarded = 0
         self.accepted_anyway = 0
         self.foreign_cpu_s = 0.0
         self.cores = _cores()
+
+    def _settle(self) -> None:
+        """Wait (at most ``settle_s``) until this process's own threads are idle: OpenBLAS,
+        OpenMP and ONNX Runtime workers spin for up to about 0.1 s after a call, and would
+        take a core from the next engine. Idle means under 1 ms of CPU in a 10 ms slice."""
+        if not self.settle_s:
+            return
+        deadline = time.perf_counter() + self.settle_s
+        c0 = time.process_time()
+        while True:
+            time.sleep(0.01)
+            c1 = time.process_time()
+            if c1 - c0 < 0.001 or time.perf_counter() >= deadline:
+                return
+            c0 = c1
 
     def _loop(self, fn: Callable[[], Any], n: int) -> tuple[float, float | None]:
         b0, c0 = _busy_seconds(), time.process_time()
@@ -443,15 +462,15 @@ class Timer:
             t0 = time.perf_counter()
             e()
             dt = time.perf_counter() - t0
-            loops[e.name] = max(1, min(100_000, int(self.loop_s / max(dt, 1e-7))))
+            loops[e.name] = max(self.min_calls, min(100_000, int(self.loop_s / max(dt, 1e-7))))
         times: dict[str, list[float]] = {e.name: [] for e in engines}
         for r in range(self.rounds):
             # rotate the order each round, and let the previous engine's worker threads
             # (OpenBLAS, OpenMP, ONNX Runtime spin after a call) go idle before the next
             k = r % len(engines)
             for e in engines[k:] + engines[:k]:
-                if self.settle_s:
-                    time.sleep(self.settle_s)
+                self._settle()
+                e()  # one untimed call: the engine's own threads and caches are warm
                 n = loops[e.name]
                 for attempt in range(self.retries + 1):
                     dt, foreign = self._loop(e, n)
@@ -687,7 +706,9 @@ def markdown(result: dict[str, Any]) -> str:
         )
     t = result["timing"]
     lines.append(
-        f"Method: {t['rounds']} interleaved rounds of ~{t['loop_seconds']} s loops per engine; "
+        f"Method: {t['rounds']} interleaved rounds of ~{t['loop_seconds']} s loops per engine "
+        f"(at least {t.get('min_calls_per_loop', 1)} calls, after the previous engine's threads "
+        f"went idle, at most {t.get('settle_seconds', 0)} s, and one untimed call); "
         f"{t['discarded_loops']} loops discarded (other processes busy), "
         f"{t['accepted_anyway']} accepted anyway; other processes used {t['foreign_cpu_s']:.1f} "
         f"CPU-s meanwhile. Wall {result['wall_s']:.0f} s. Times are per call; the ratio "
@@ -842,7 +863,8 @@ def parser() -> argparse.ArgumentParser:
         "--settle-seconds",
         type=float,
         default=None,
-        help="pause before each timed loop so other engines' spinning threads go idle (0.12)",
+        help="before each timed loop, wait at most this long for the previous engine's "
+        "spinning worker threads to go idle (default 0.5; 0.3 quick)",
     )
     ap.add_argument("--no-train", action="store_true", help="skip the training epoch")
     ap.add_argument("--train-epochs", type=int, default=None, help="epochs per engine")
@@ -920,10 +942,11 @@ def main(argv: list[str] | None = None) -> int:
         backends = []
     settle = args.settle_seconds
     if settle is None:
-        settle = 0.0 if args.smoke else 0.05 if args.quick else 0.12
+        settle = 0.0 if args.smoke else 0.3 if args.quick else 0.5
     timer = Timer(rounds, loop_s, args.max_foreign, retries, pause_s=0.2, settle_s=settle)
     if quick:
         timer.warmup = 1
+        timer.min_calls = 1
     result: dict[str, Any] = {"command": [PROG, *(argv if argv is not None else sys.argv[1:])]}
     result["machine"] = machine_info()
     with np.errstate(over="ignore"):  # the book's sigmoid overflows in exp for large -x
@@ -940,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "loop_seconds": loop_s,
         "settle_seconds": settle,
+        "min_calls_per_loop": timer.min_calls,
         "max_foreign_share": args.max_foreign,
         "discarded_loops": timer.discarded,
         "accepted_anyway": timer.accepted_anyway,
