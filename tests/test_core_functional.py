@@ -146,6 +146,23 @@ def test_sigmoid_matches_definition(backend_name: str, x: np.ndarray) -> None:
     np.testing.assert_allclose(y, 1 / (1 + np.exp(-x)), rtol=1e-12, atol=1e-15)
 
 
+@given(x=finite_arrays(np.float32, elements=st.floats(-87, 87, width=32)))
+def test_sigmoid_float32_is_accurate_relative_to_its_value(
+    backend_name: str, x: np.ndarray
+) -> None:
+    # the tanh form 0.5 * tanh(x / 2) + 0.5 loses every digit below about -17 (1 - 1
+    # cancellation); 1 / (1 + exp(-x)) keeps a few ulps of the value itself
+    _, y = run(backend_name, F.sigmoid, x)
+    ref = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(y, ref, rtol=4 * np.finfo(np.float32).eps, atol=0)
+
+
+def test_sigmoid_of_large_negative_float32_is_not_rounded_to_zero() -> None:
+    y = F.sigmoid(np.array([-20.0, -40.0, -80.0], np.float32))
+    np.testing.assert_allclose(y, 1 / (1 + np.exp([20.0, 40.0, 80.0])), rtol=1e-6)
+    assert (y > 0).all()
+
+
 def test_sigmoid_extremes_do_not_warn() -> None:
     for dt in (np.float32, np.float64):
         big = np.finfo(dt).max
