@@ -110,6 +110,7 @@ class Plan:
         self.xp = backend.xp
         self.steps = steps
         self.acts = tuple(a for _, a in steps)
+        self.has_sigmoid = SIGMOID in self.acts
         self.n_in: int = steps[0][0].in_features
         self.widths = tuple(m.out_features for m, _ in steps)
         self.n_hidden = len(self.widths) - 1
@@ -186,6 +187,13 @@ class Plan:
     def _block(self, x: Any, y: Any) -> None:
         """All steps on one block of rows, ``x`` to ``y``: the same ufuncs in the same order
         as the layers' own forward, so the results are the same bits."""
+        if self.has_sigmoid:  # exp(-z) overflows to inf for z < -88.7: 1 / (1 + inf) = 0
+            with np.errstate(over="ignore"):  # once per block: it costs about 1 µs
+                self._steps(x, y)
+        else:
+            self._steps(x, y)
+
+    def _steps(self, x: Any, y: Any) -> None:
         n = x.shape[0]
         tls = self._tls
         bufs = getattr(tls, "views", None)
@@ -205,8 +213,7 @@ class Plan:
                     np.subtract(np.negative(b, bufs[nh + 1 + i]), out, out)
                 else:
                     np.negative(out, out)
-                with np.errstate(over="ignore"):  # exp overflows to inf: 1 / (1 + inf) = 0
-                    np.exp(out, out)
+                np.exp(out, out)  # overflow warnings are off (_block)
                 np.add(out, one, out)
                 np.divide(one, out, out)
                 h = out

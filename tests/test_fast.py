@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import tracemalloc
+import warnings
 from typing import Any
 
 import numpy as np
@@ -487,3 +488,18 @@ def test_parallel_predict_works_in_a_forked_child(monkeypatch: Any) -> None:
         os.kill(pid, 9)
     os.waitpid(pid, 0)
     assert got == b"1", "the forked child's predict hung or disagreed"
+
+
+@pytest.mark.parametrize("rows", [1, 3000])  # the batch-1 block and the chunk-parallel path
+def test_sigmoid_plan_saturates_without_warnings(rows: int) -> None:
+    model = mf.Sequential(mf.Dense(4, 3), mf.Sigmoid(), mf.Dense(3, 2), mf.Softmax())
+    model[0].weight = np.full((4, 3), -1000.0, np.float32)  # z = -4000: exp(-z) overflows
+    model[0].bias = np.array([0.0, 4000.0, 8000.0], np.float32)  # 0, 0.5 and 1 after sigmoid
+    x = np.ones((rows, 4), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = model(x)
+        ref = model._forward(x, False, False)[0]
+    np.testing.assert_array_equal(y, ref)
+    hidden = mf.Sequential(model[0], model[1])(x)
+    np.testing.assert_array_equal(hidden, np.tile(np.array([0.0, 0.5, 1.0], np.float32), (rows, 1)))
