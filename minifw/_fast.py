@@ -122,6 +122,12 @@ class Plan:
         self.chunk = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows))
         self._tls = threading.local()
         self._half, self._one, self._zero = backend.consts(self.dtype)
+        from .functional import zero_row
+
+        # per step: what ReLU compares with (a read-only zero row on NumPy, see zero_row)
+        self._relu_zero = [
+            zero_row(backend, backend.xp.empty((1, w), dtype=self.dtype)) for w in self.widths
+        ]
 
     # -- entry point -------------------------------------------------------------------
     def run(self, x: Any, max_rows: int | None = None) -> Any:
@@ -199,7 +205,7 @@ class Plan:
         bufs = getattr(tls, "views", None)
         if bufs is None or tls.n != n:
             bufs = self._buffers(n)
-        one, zero = self._one, self._zero
+        one = self._one
         nh = self.n_hidden
         dot = np.dot  # for 2-D arrays the same BLAS call as matmul (same bits), less overhead
         h = x
@@ -221,8 +227,8 @@ class Plan:
                 continue
             if b is not None:
                 np.add(out, b, out)
-            if act == RELU:
-                np.maximum(out, zero, out=out)  # NaN propagates
+            if act == RELU:  # NaN propagates; the zero row as minifw.functional.relu_
+                np.maximum(out, self._relu_zero[i], out=out)
             elif act == SOFTMAX:
                 col = bufs[nh]
                 _max_reduce(out, 1, None, col, True)

@@ -176,6 +176,36 @@ def test_sigmoid_extremes_do_not_warn() -> None:
 # -- relu, step, tanh, identity ------------------------------------------------------------------
 
 
+@given(
+    x=FLOAT_DTYPES.flatmap(
+        lambda dt: hnp.arrays(
+            dt,
+            st.tuples(st.integers(1, 3), st.integers(28, 70)),  # rows as wide as the zero row
+            elements=st.floats(
+                allow_nan=True, allow_infinity=True, width=8 * np.dtype(dt).itemsize
+            ),
+        )
+    )
+)
+def test_relu_of_wide_rows_matches_maximum_bit_for_bit(backend_name: str, x: np.ndarray) -> None:
+    y, yn = run(backend_name, F.relu, x)
+    ref = np.maximum(x, 0)  # NaN passes, -0.0 and -inf become +0
+    np.testing.assert_array_equal(yn, ref)
+    assert not np.signbit(yn[~np.isnan(yn)]).any()
+    assert yn.flags.writeable
+
+
+def test_relu_in_place_leaves_the_shared_zero_row_alone() -> None:
+    x = -np.ones((2, 40), np.float32)
+    b = mf.backend.get("numpy")
+    z = F.zero_row(b, x)
+    assert z.shape == (40,) and not z.flags.writeable
+    y = F.relu_(b, x, True)
+    assert y is x and (x == 0).all()
+    y += 5
+    assert (F.zero_row(b, x) == 0).all()
+
+
 @given(x=any_finite())
 def test_relu_nonnegative_and_idempotent(backend_name: str, x: np.ndarray) -> None:
     y, yn = run(backend_name, F.relu, x)
