@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .functional import NARROW_SOFTMAX, narrow_scratch_shapes, softmax_narrow_
+
 NONE, RELU, SIGMOID, TANH, SOFTMAX = range(5)
 ACT_NAMES = {NONE: "none", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh", SOFTMAX: "softmax"}
 
@@ -114,6 +116,15 @@ class Plan:
         self.n_in: int = steps[0][0].in_features
         self.widths = tuple(m.out_features for m, _ in steps)
         self.n_hidden = len(self.widths) - 1
+        #: rows of the transposed scratch: the widest softmax taking the narrow path
+        self.narrow_w = max(
+            (
+                w
+                for w, a in zip(self.widths, self.acts, strict=True)
+                if a == SOFTMAX and w <= NARROW_SOFTMAX
+            ),
+            default=0,
+        )
         self.dtype_name: str = steps[0][0].dtype
         self.dtype = np.dtype(self.dtype_name)  # NumPy and CuPy arrays share NumPy dtypes
         self.cupy = backend.name == "cupy"
@@ -172,20 +183,25 @@ class Plan:
     def _buffers(self, n: int) -> list[Any]:
         """This thread's buffers for ``n`` rows: one per hidden activation, then the
         ``(n, 1)`` softmax scratch column, then one bias-sized scratch vector per layer
-        (for the negated bias of a sigmoid layer)."""
+        (for the negated bias of a sigmoid layer), then the transposed ``(w, n)`` and
+        ``(1, n)`` scratch of a narrow softmax (see minifw.functional.softmax_narrow_)."""
         tls = self._tls
         got = getattr(tls, "views", None)
         if got is not None and tls.n == n:
             return got  # type: ignore[no-any-return]
         base = getattr(tls, "base", None)
+        xp, dt = self.xp, self.dtype
         if base is None or tls.cap < n:
-            xp, dt = self.xp, self.dtype
             cap = max(n, getattr(tls, "cap", 0))
             base = [xp.empty((cap, w), dtype=dt) for w in self.widths[:-1]]
             base.append(xp.empty((cap, 1), dtype=dt))
             tls.base, tls.cap = base, cap
             tls.negb = [xp.empty(w, dtype=dt) for w in self.widths]
-        views = [a[:n] for a in base] + tls.negb
+            tls.narrow = (xp.empty(max(1, self.narrow_w) * cap, dtype=dt), xp.empty(cap, dtype=dt))
+        flat, row = tls.narrow
+        ts, cs = narrow_scratch_shapes(n, self.narrow_w)
+        t = flat[: ts[0] * ts[1]].reshape(ts)
+        views = [a[:n] for a in base] + tls.negb + [t, row[: cs[1]].reshape(cs)]
         tls.views, tls.n = views, n
         return views
 
@@ -229,6 +245,12 @@ class Plan:
                 np.add(out, b, out)
             if act == RELU:  # NaN propagates; the zero row as minifw.functional.relu_
                 np.maximum(out, self._relu_zero[i], out=out)
+            elif act == SOFTMAX and out.shape[1] <= NARROW_SOFTMAX:
+                t = bufs[-2]
+                if t.size != out.size:  # a hidden softmax narrower than the widest
+                    ts = narrow_scratch_shapes(n, out.shape[1])[0]
+                    t = t.reshape(-1)[: out.size].reshape(ts)
+                softmax_narrow_(out, out, t, bufs[-1])
             elif act == SOFTMAX:
                 col = bufs[nh]
                 _max_reduce(out, 1, None, col, True)

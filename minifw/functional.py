@@ -98,8 +98,64 @@ def step_(b: Backend, x: Any, inplace: bool) -> Any:
     return xp.where(xp.isnan(x), x, y)
 
 
+#: Softmax rows at most this wide go through softmax_narrow_ on NumPy.
+NARROW_SOFTMAX = 32
+
+
+def softmax_narrow_(x: Any, out: Any, t: Any, col: Any) -> None:
+    """Row softmax of a C-contiguous NumPy ``x`` of shape ``(n, w)``, ``w <= NARROW_SOFTMAX``,
+    into ``out`` (may be ``x``), through the transposed scratch ``t`` ``(w, n)`` and the row
+    ``col`` ``(1, n)``; for a single row, ``t`` is ``(1, w)`` and ``col`` ``(1, 1)``
+    (see :func:`narrow_scratch_shapes`).
+
+    Reducing a 10-wide row along the last axis costs NumPy about 50 ns per row; reduced
+    along the first axis of the transposed copy, the max and the sum run as vector loops
+    over all rows at once (2-3x faster in all, both copies included). Over the first axis
+    of a ``(w, n)`` array with ``n >= 2`` NumPy adds the classes one after another; a single
+    row (which NumPy would sum pairwise) takes a running sum, ``add.accumulate``, which adds
+    in that same order. So each row gets the same bits in any batch. minifw._fast calls
+    this same function.
+    """
+    n = x.shape[0]
+    if n <= 1:
+        if n == 1:  # one row: no transposes; the running sum adds in the same order
+            _max_reduce(x, 1, None, col, True)
+            np.subtract(x, col, out)
+            np.exp(out, out)
+            np.add.accumulate(out, 1, None, t)
+            np.divide(out, t[:, -1:], out)
+        return
+    np.copyto(t, x.T)
+    _max_reduce(t, 0, None, col, True)
+    np.subtract(t, col, t)
+    np.exp(t, t)
+    _add_reduce(t, 0, None, col, True)
+    np.divide(t, col, t)
+    np.copyto(out, t[:, :n].T)
+
+
+def narrow_scratch_shapes(n: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of the ``t`` and ``col`` scratch :func:`softmax_narrow_` takes for ``(n, w)``."""
+    return ((1, w), (1, 1)) if n == 1 else ((w, n), (1, n))
+
+
+_max_reduce: Any = np.maximum.reduce  # positional: (array, axis, dtype, out, keepdims)
+_add_reduce: Any = np.add.reduce
+
+
 def softmax_(b: Backend, x: Any, inplace: bool, axis: int = -1) -> Any:
     xp = b.xp
+    if (
+        b.name == "numpy"
+        and x.ndim == 2
+        and axis in (-1, 1)
+        and 0 < x.shape[1] <= NARROW_SOFTMAX
+        and x.flags.c_contiguous
+    ):
+        out = x if inplace else np.empty_like(x)
+        ts, cs = narrow_scratch_shapes(*x.shape)
+        softmax_narrow_(x, out, np.empty(ts, x.dtype), np.empty(cs, x.dtype))
+        return out
     if b.fast:  # methods: cheaper than the np.max / np.sum wrappers on small arrays
         y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=x if inplace else None)
         xp.exp(y, out=y)

@@ -261,3 +261,20 @@ def test_input_not_modified() -> None:
 def test_non_numeric_input_is_a_clear_type_error() -> None:
     with pytest.raises(TypeError, match="numeric"):
         F.sigmoid(np.array(["a", "b"]))
+
+
+@given(
+    x=FLOAT_DTYPES.flatmap(
+        lambda dt: hnp.arrays(
+            dt,
+            st.tuples(st.integers(1, 9), st.integers(1, 40)),  # both sides of NARROW_SOFTMAX
+            elements=st.floats(-50, 50, width=8 * np.dtype(dt).itemsize),
+        )
+    )
+)
+def test_softmax_row_bits_do_not_depend_on_the_batch(backend_name: str, x: np.ndarray) -> None:
+    _, y = run(backend_name, F.softmax, x)
+    for i in range(x.shape[0]):
+        _, yi = run(backend_name, F.softmax, x[i : i + 1])
+        np.testing.assert_array_equal(yi[0], y[i])
+    np.testing.assert_allclose(y.sum(axis=1), 1, rtol=(x.shape[1] + 2) * np.finfo(x.dtype).eps)

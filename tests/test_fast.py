@@ -503,3 +503,28 @@ def test_sigmoid_plan_saturates_without_warnings(rows: int) -> None:
     np.testing.assert_array_equal(y, ref)
     hidden = mf.Sequential(model[0], model[1])(x)
     np.testing.assert_array_equal(hidden, np.tile(np.array([0.0, 0.5, 1.0], np.float32), (rows, 1)))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 3000])  # batch-1 block, one block, chunk-parallel
+@pytest.mark.parametrize(
+    "widths",
+    [
+        [6, 3, 20],  # a hidden softmax narrower than the output one (a slice of its scratch)
+        [6, 40, 10],  # a wide hidden softmax (the row-reduce path), a narrow output
+        [6, 8, 33],  # a wide output softmax
+    ],
+)
+def test_softmax_steps_give_the_layers_bits(rows: int, widths: list[int]) -> None:
+    mf.seed(4)
+    model = mf.Sequential(
+        mf.Dense(widths[0], widths[1]), mf.Softmax(), mf.Dense(widths[1], widths[2]), mf.Softmax()
+    )
+    assert model._fast_plan() is not False
+    x = np.random.default_rng(5).standard_normal((rows, widths[0])).astype(np.float32) * 3
+    y = model(x)
+    ref = model._forward(x, False, False)[0]
+    if rows <= model._plan.chunk:  # the same BLAS call on the same rows: the same bits
+        np.testing.assert_array_equal(y, ref)
+    else:  # BLAS may round a row's last bit differently for another number of rows
+        np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-6)
