@@ -623,10 +623,23 @@ def bench_inference(
                 for name, v in row["engines"].items()
                 if v["kind"] != "minifw"
             }
+            # paired: the ratio within each round (both engines timed moments apart), then
+            # the median over rounds; steadier than a ratio of medians when the machine's
+            # speed drifts during the run
+            row["paired_ratios_minifw_over_peer"] = {
+                e.name: paired_ratio(times[ref_name], times[e.name])
+                for e in engines
+                if e.name != ref_name
+            }
             if not (args.smoke or gpu):
                 row["minifw_cold_memory"] = minifw_cold_memory(net, x)
             rows.append(row)
     return rows
+
+
+def paired_ratio(ref: list[float], other: list[float]) -> float:
+    """Median over rounds of ``ref[i] / other[i]`` (the lists hold one time per round)."""
+    return statistics.median(a / b for a, b in zip(ref, other, strict=True))
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -713,7 +726,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{t['accepted_anyway']} accepted anyway; other processes used {t['foreign_cpu_s']:.1f} "
         f"CPU-s meanwhile. Wall {result['wall_s']:.0f} s. Times are per call; the ratio "
         f"column is minifw's median time ({result.get('minifw_ref', MINIFW_REF)}) over the "
-        "engine's (below 1: minifw is faster)."
+        "engine's (below 1: minifw is faster); the paired ratio is the median over rounds of "
+        "that ratio within each round (steadier when the machine's speed drifts; on "
+        "minifw's own predict(x) row it shows the noise of two identical code paths)."
     )
     lines.append("")
     for row in result["inference"]:
@@ -721,18 +736,21 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| engine | median | min | max | samples/s | GFLOP/s | minifw time ÷ engine's | "
-            "max abs diff | RSS peak rise | traced peak |"
+            "paired ratio | max abs diff | RSS peak rise | traced peak |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         ratios = row["ratios_minifw_over_peer"]
+        paired = row.get("paired_ratios_minifw_over_peer", {})
         for name, v in row["engines"].items():
             r = ratios.get(name)
+            pr = paired.get(name)
             d = v["max_abs_diff_vs_float64"]
             mem = v.get("memory", {})
             lines.append(
                 f"| {name} | {_fmt_time(v['median_s'])} | {_fmt_time(v['min_s'])} | "
                 f"{_fmt_time(v['max_s'])} | {v['samples_per_s']:,.0f} | {v['gflops']:.1f} | "
-                f"{'' if r is None else f'{r:.2f}×'} | {'' if d is None else f'{d:.1e}'} | "
+                f"{'' if r is None else f'{r:.2f}×'} | {'' if pr is None else f'{pr:.2f}×'} | "
+                f"{'' if d is None else f'{d:.1e}'} | "
                 f"{_fmt_bytes(mem.get('rss_peak_rise_bytes'))} | "
                 f"{_fmt_bytes(mem.get('traced_peak_bytes'))} |"
             )

@@ -34,6 +34,8 @@ def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
         assert set(row["ratios_minifw_over_peer"]) == {
             n for n, v in eng.items() if v["kind"] != "minifw"
         }
+        assert set(row["paired_ratios_minifw_over_peer"]) == set(eng) - {bench.MINIFW_REF}
+        assert all(r > 0 for r in row["paired_ratios_minifw_over_peer"].values())
     peers = {"torch eager (inference_mode)", "onnxruntime CPU"}
     for p in peers:  # either measured or skipped with a note saying so
         assert p in res["inference"][0]["engines"] or "skipped" in res["notes"].get(p, "")
@@ -80,3 +82,14 @@ def test_onnx_graph_is_the_same_network() -> None:
     got = sess.run(None, {"x": x})[0]
     np.testing.assert_allclose(got, bench.hand_written(net)(x), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(net.minifw_model()(x), got, rtol=1e-5, atol=1e-7)
+
+
+def test_paired_ratio_is_the_median_of_the_per_round_ratios() -> None:
+    # the machine is twice as slow in rounds 2 and 3: within each round the ratio is
+    # still 0.5 (0.55 in the last), so the median over rounds is 0.5
+    ref = [1.0, 2.0, 2.0, 1.0, 1.1]
+    other = [2.0, 4.0, 4.0, 2.0, 2.0]
+    assert bench.paired_ratio(ref, other) == 0.5
+    assert bench.paired_ratio([3.0], [1.0]) == 3.0
+    with pytest.raises(ValueError):
+        bench.paired_ratio([1.0, 2.0], [1.0])  # one time per round on both sides
