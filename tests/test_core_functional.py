@@ -243,6 +243,23 @@ def test_nan_in_nan_out(backend_name: str, fn) -> None:
         assert not np.isnan(y[0, 1:]).any()
 
 
+@pytest.mark.parametrize("rows", [2, 3, 50])  # the transposed (narrow) softmax path
+def test_softmax_nan_or_inf_stays_in_its_own_row(backend_name: str, rows: int) -> None:
+    x = np.random.default_rng(0).standard_normal((rows, 10)).astype(np.float32)
+    x[0, 3] = np.nan
+    x[1, :] = -np.inf  # every logit -inf: NaN, as exp(-inf - -inf)
+    x[-1, 2] = np.inf if rows > 2 else x[-1, 2]
+    with mf.backend.use(backend_name) as b, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # inf - inf is the point here
+        y = mf.to_numpy(F.softmax(b.asarray(x)))
+    assert np.isnan(y[0]).all() and np.isnan(y[1]).all()
+    middle = y[2:-1] if rows > 2 else y[2:]
+    assert np.isfinite(middle).all()
+    np.testing.assert_allclose(middle.sum(axis=1), 1, rtol=1e-6)
+    if rows > 2:  # +inf dominates its row: NaN there (inf - inf), never elsewhere
+        assert np.isnan(y[-1, 2])
+
+
 def test_integer_and_list_inputs_become_float32() -> None:
     for fn in (F.sigmoid, F.relu, F.step, F.softmax):
         y = fn([1, 2, 3])
