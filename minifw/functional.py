@@ -147,14 +147,15 @@ def softmax_(b: Backend, x: Any, inplace: bool, axis: int = -1) -> Any:
     xp = b.xp
     if (
         b.name == "numpy"
-        and x.ndim == 2
-        and axis in (-1, 1)
-        and 0 < x.shape[1] <= NARROW_SOFTMAX
+        and x.ndim >= 1
+        and axis in (-1, x.ndim - 1)
+        and 0 < x.shape[-1] <= NARROW_SOFTMAX
         and x.flags.c_contiguous
-    ):
+    ):  # rows of any batch shape (a 1-D vector is one row): each row the same bits
         out = x if inplace else np.empty_like(x)
-        ts, cs = narrow_scratch_shapes(*x.shape)
-        softmax_narrow_(x, out, np.empty(ts, x.dtype), np.empty(cs, x.dtype))
+        x2 = x.reshape(-1, x.shape[-1])
+        ts, cs = narrow_scratch_shapes(*x2.shape)
+        softmax_narrow_(x2, out.reshape(x2.shape), np.empty(ts, x.dtype), np.empty(cs, x.dtype))
         return out
     if b.fast:  # methods: cheaper than the np.max / np.sum wrappers on small arrays
         y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=x if inplace else None)

@@ -294,4 +294,8 @@ def test_softmax_row_bits_do_not_depend_on_the_batch(backend_name: str, x: np.nd
     for i in range(x.shape[0]):
         _, yi = run(backend_name, F.softmax, x[i : i + 1])
         np.testing.assert_array_equal(yi[0], y[i])
+        _, vi = run(backend_name, F.softmax, x[i].copy())  # a 1-D vector: one row
+        np.testing.assert_array_equal(vi, y[i])
+    _, y3 = run(backend_name, F.softmax, x.reshape(1, *x.shape))  # a batch of batches
+    np.testing.assert_array_equal(y3[0], y)
     np.testing.assert_allclose(y.sum(axis=1), 1, rtol=(x.shape[1] + 2) * np.finfo(x.dtype).eps)

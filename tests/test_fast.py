@@ -72,6 +72,7 @@ def models(draw: Any) -> tuple[Any, np.ndarray]:
     dtype = draw(st.sampled_from(["float32", "float64"]))
     n = draw(st.sampled_from([0, 1, 2, 5, 17, 70]))
     one_d = draw(st.booleans()) and n == 1
+    mf.seed(draw(st.integers(0, 2**16)))  # the weights too come from the example: replayable
     model = build(widths, acts, softmax, bias, dtype)
     x = np.random.default_rng(n).standard_normal((n, widths[0])).astype(dtype) * 3
     return model, (x[0] if one_d else x)
@@ -528,3 +529,17 @@ def test_softmax_steps_give_the_layers_bits(rows: int, widths: list[int]) -> Non
     else:  # BLAS may round a row's last bit differently for another number of rows
         np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("width", [3, 12, 40])  # under and over 8 (pairwise sums), over 32
+def test_one_dimensional_input_gives_the_layers_bits(width: int) -> None:
+    for seed in range(5):
+        mf.seed(seed)
+        model = mf.Sequential(
+            mf.Dense(5, width), mf.Sigmoid(), mf.Dense(width, width), mf.Softmax()
+        )
+        x = np.random.default_rng(seed).standard_normal(5).astype(np.float32) * 3
+        y = model(x)
+        assert y.shape == (width,)
+        np.testing.assert_array_equal(y, model._forward(model.backend.asarray(x), False, False)[0])
+        np.testing.assert_array_equal(y, model(x[None, :])[0])
