@@ -268,8 +268,14 @@ class Plan:
         nchunks = -(-n // chunk)
         counter = itertools.count()
         block = self._block
+        tls = self._tls
 
         def work() -> None:
+            # size this thread's buffers for a whole chunk even if its first is the short
+            # last one: which thread gets which chunk is up to timing, and a later full
+            # chunk would otherwise reallocate them
+            if getattr(tls, "cap", 0) < chunk:
+                self._buffers(chunk)
             while True:
                 i = next(counter)  # atomic under the GIL: each chunk is taken once
                 if i >= nchunks:

@@ -543,3 +543,20 @@ def test_one_dimensional_input_gives_the_layers_bits(width: int) -> None:
         assert y.shape == (width,)
         np.testing.assert_array_equal(y, model._forward(model.backend.asarray(x), False, False)[0])
         np.testing.assert_array_equal(y, model(x[None, :])[0])
+
+
+def test_every_chunk_thread_sizes_its_buffers_for_a_full_chunk(monkeypatch: Any) -> None:
+    # whichever thread takes the short last chunk first must not reallocate on a full one
+    # later (that would allocate in steady state, depending on thread timing)
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_fast, "max_threads", 2)
+    with ThreadPoolExecutor(1) as helper:  # one known helper thread to ask afterwards
+        monkeypatch.setattr(_fast, "_pool", lambda size: helper)
+        model = build([16, 8, 4], ["sigmoid", "none"], True, True, "float32")
+        plan = model._fast_plan()
+        x = np.ones((plan.chunk + 8, 16), np.float32)
+        model.predict(x)
+        theirs = helper.submit(lambda: getattr(plan._tls, "cap", 0)).result()
+    caps = [getattr(plan._tls, "cap", 0), theirs]
+    assert min(caps) >= plan.chunk, caps
