@@ -637,6 +637,10 @@ def bench_inference(
     return rows
 
 
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
 def paired_ratio(ref: list[float], other: list[float]) -> float:
     """Median over rounds of ``ref[i] / other[i]`` (the lists hold one time per round)."""
     return statistics.median(a / b for a, b in zip(ref, other, strict=True))
@@ -720,7 +724,7 @@ def markdown(result: dict[str, Any]) -> str:
     t = result["timing"]
     lines.append(
         f"Method: {t['rounds']} interleaved rounds of ~{t['loop_seconds']} s loops per engine "
-        f"(at least {t.get('min_calls_per_loop', 1)} calls, after the previous engine's threads "
+        f"(at least {_calls(t.get('min_calls_per_loop', 1))}, after the previous engine's threads "
         f"went idle, at most {t.get('settle_seconds', 0)} s, and one untimed call); "
         f"{t['discarded_loops']} loops discarded (other processes busy), "
         f"{t['accepted_anyway']} accepted anyway; other processes used {t['foreign_cpu_s']:.1f} "
