@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from .functional import NARROW_SOFTMAX, narrow_scratch_shapes, softmax_narrow_
+from .functional import (
+    NARROW_SOFTMAX,
+    add_reduce,
+    max_reduce,
+    narrow_scratch_shapes,
+    softmax_narrow_,
+    zeros_for_width,
+)
 
 NONE, RELU, SIGMOID, TANH, SOFTMAX = range(5)
 ACT_NAMES = {NONE: "none", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh", SOFTMAX: "softmax"}
@@ -46,8 +53,6 @@ MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 1024
 #: Up to this many rows, ``run`` goes straight to one block (the batch-1 hot path).
 SMALL_ROWS = 16
-_max_reduce: Any = np.maximum.reduce  # called positionally: (a, axis, dtype, out, keepdims)
-_add_reduce: Any = np.add.reduce
 
 
 def _cores() -> int:
@@ -132,13 +137,9 @@ class Plan:
         rows = 1 << max(0, (CHUNK_ELEMS // wmax).bit_length() - 1)
         self.chunk = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows))
         self._tls = threading.local()
-        self._half, self._one, self._zero = backend.consts(self.dtype)
-        from .functional import zero_row
-
+        _, self._one, self._zero = backend.consts(self.dtype)
         # per step: what ReLU compares with (a read-only zero row on NumPy, see zero_row)
-        self._relu_zero = [
-            zero_row(backend, backend.xp.empty((1, w), dtype=self.dtype)) for w in self.widths
-        ]
+        self._relu_zero = [zeros_for_width(backend, w, self.dtype) for w in self.widths]
 
     # -- entry point -------------------------------------------------------------------
     def run(self, x: Any, max_rows: int | None = None) -> Any:
@@ -253,10 +254,10 @@ class Plan:
                 softmax_narrow_(out, out, t, bufs[-1])
             elif act == SOFTMAX:
                 col = bufs[nh]
-                _max_reduce(out, 1, None, col, True)
+                max_reduce(out, 1, None, col, True)
                 np.subtract(out, col, out)
                 np.exp(out, out)
-                _add_reduce(out, 1, None, col, True)
+                add_reduce(out, 1, None, col, True)
                 np.divide(out, col, out)
             elif act == TANH:
                 np.tanh(out, out)
@@ -428,29 +429,27 @@ class _CupyKernels:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ew: dict[int, Any] = {}
-        self._softmax: dict[str, Any] = {}
+        self._built: dict[Any, Any] = {}
+
+    def _get(self, key: Any, build: Any) -> Any:
+        k = self._built.get(key)
+        if k is None:
+            with self._lock:
+                k = self._built.get(key)
+                if k is None:
+                    k = self._built[key] = build()
+        return k
 
     def elementwise(self, cp: Any, act: int) -> Any:
-        k = self._ew.get(act)
-        if k is None:
-            with self._lock:
-                k = self._ew.get(act)
-                if k is None:
-                    k = self._ew[act] = cp.ElementwiseKernel(
-                        "T x, T b", "T y", CUPY_ELEMENTWISE[act], f"minifw_bias_{ACT_NAMES[act]}"
-                    )
-        return k
+        return self._get(
+            ("ew", act),
+            lambda: cp.ElementwiseKernel(
+                "T x, T b", "T y", CUPY_ELEMENTWISE[act], f"minifw_bias_{ACT_NAMES[act]}"
+            ),
+        )
 
     def softmax(self, cp: Any, dtype_name: str) -> Any:
-        k = self._softmax.get(dtype_name)
-        if k is None:
-            with self._lock:
-                k = self._softmax.get(dtype_name)
-                if k is None:
-                    src, name = softmax_source(dtype_name)
-                    k = self._softmax[dtype_name] = cp.RawKernel(src, name)
-        return k
+        return self._get(("softmax", dtype_name), lambda: cp.RawKernel(*softmax_source(dtype_name)))
 
 
 _KERNELS = _CupyKernels()

@@ -62,15 +62,20 @@ def zero_row(b: Backend, x: Any) -> Any:
     last axis when that is 32 or more (NumPy's ``maximum`` with a broadcast 0-d operand
     misses its vector loop: a row is 2-4x faster); else the 0-d zero. Same bits either way.
     """
-    n = x.shape[-1] if x.ndim else 0
+    return zeros_for_width(b, x.shape[-1] if x.ndim else 0, x.dtype)
+
+
+def zeros_for_width(b: Backend, n: int, dtype: Any) -> Any:
+    """:func:`zero_row` for rows ``n`` wide of ``dtype``."""
     if b.name != "numpy" or n < 32:
-        return b.consts(x.dtype)[2]
-    key = (x.dtype.str, n)
+        return b.consts(dtype)[2]
+    dtype = np.dtype(dtype)
+    key = (dtype.str, n)
     z = _ZERO_ROWS.get(key)
     if z is None:
         if len(_ZERO_ROWS) >= 64:  # bounded: many different widths replace the old rows
             _ZERO_ROWS.clear()
-        z = np.zeros(n, dtype=x.dtype)
+        z = np.zeros(n, dtype=dtype)
         z.flags.writeable = False
         _ZERO_ROWS[key] = z
     return z
@@ -119,17 +124,17 @@ def softmax_narrow_(x: Any, out: Any, t: Any, col: Any) -> None:
     n = x.shape[0]
     if n <= 1:
         if n == 1:  # one row: no transposes; the running sum adds in the same order
-            _max_reduce(x, 1, None, col, True)
+            max_reduce(x, 1, None, col, True)
             np.subtract(x, col, out)
             np.exp(out, out)
             np.add.accumulate(out, 1, None, t)
             np.divide(out, t[:, -1:], out)
         return
     np.copyto(t, x.T)
-    _max_reduce(t, 0, None, col, True)
+    max_reduce(t, 0, None, col, True)
     np.subtract(t, col, t)
     np.exp(t, t)
-    _add_reduce(t, 0, None, col, True)
+    add_reduce(t, 0, None, col, True)
     np.divide(t, col, t)
     np.copyto(out, t.T)
 
@@ -139,8 +144,8 @@ def narrow_scratch_shapes(n: int, w: int) -> tuple[tuple[int, int], tuple[int, i
     return ((1, w), (1, 1)) if n == 1 else ((w, n), (1, n))
 
 
-_max_reduce: Any = np.maximum.reduce  # positional: (array, axis, dtype, out, keepdims)
-_add_reduce: Any = np.add.reduce
+max_reduce: Any = np.maximum.reduce  # positional: (array, axis, dtype, out, keepdims)
+add_reduce: Any = np.add.reduce
 
 
 def softmax_(b: Backend, x: Any, inplace: bool, axis: int = -1) -> Any:
