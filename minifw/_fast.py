@@ -11,7 +11,9 @@ skipped), on a backend with ``fast`` arrays. Anything else takes the layers' own
 * computes each Dense as one ``matmul`` into a per-thread buffer (``threading.local``),
   then bias + activation in place on that buffer: a few in-place ufuncs on NumPy (for a
   sigmoid the bias goes in with the negation, ``(-b) - xW``, the same bits as
-  ``-(xW + b)``), one compiled kernel on CuPy;
+  ``-(xW + b)``), one compiled kernel on CuPy. On NumPy, outputs of at least
+  ``minifw._gemm.MIN_ELEMS`` elements are filled with the bias (``-b`` before a sigmoid)
+  and one GEMM adds ``xW`` (``-xW``) to it, as ``Dense`` does too: one pass fewer;
 * allocates only its result, which belongs to the caller: later calls never write it;
 * on NumPy at large batches, splits the rows into cache-sized chunks that each run the
   whole network, on every core at once: BLAS is held to one thread per call while the
@@ -30,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _gemm
+from ._gemm import addmm
 from .functional import (
     NARROW_SOFTMAX,
     add_reduce,
@@ -45,10 +49,15 @@ ACT_NAMES = {NONE: "none", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh", SOFTM
 #: Largest number of threads a NumPy plan uses (``None``: the cores this process may use).
 #: ``MINIFW_NUM_THREADS`` sets it; 1 turns the chunk-parallel path off.
 max_threads: int | None = None
-#: Elements in a chunk's widest activation (sets the rows per chunk, a power of two
-#: between MIN_CHUNK_ROWS and MAX_CHUNK_ROWS): small enough to stay in cache, large
-#: enough for an efficient one-thread GEMM.
+#: Batches whose widest activation has more elements than this (rounded to a power of two
+#: of rows between MIN_CHUNK_ROWS and MAX_CHUNK_ROWS: ``Plan.chunk``) are split into chunks
+#: that run on all cores at once.
 CHUNK_ELEMS = 1 << 18
+#: The largest chunk's widest activation, in elements (likewise in rows: ``Plan.max_chunk``).
+#: Each one-thread GEMM repacks the whole weight matrix, so rows amortise that copy: on the
+#: 2-core benchmark machine, W at batch 8192 measured 1.03-1.08x the GEMM floor with 256-row
+#: chunks and 1.02-1.045x with 1024 (128: 1.13x; 2048: no better and less balanced).
+MAX_CHUNK_ELEMS = 1 << 20
 MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 1024
 #: Up to this many rows, ``run`` goes straight to one block (the batch-1 hot path).
@@ -134,10 +143,18 @@ class Plan:
         self.dtype = np.dtype(self.dtype_name)  # NumPy and CuPy arrays share NumPy dtypes
         self.cupy = backend.name == "cupy"
         wmax = max(self.widths)
-        rows = 1 << max(0, (CHUNK_ELEMS // wmax).bit_length() - 1)
-        self.chunk = min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows))
+
+        def rows(elems: int) -> int:
+            r = 1 << max(0, (elems // wmax).bit_length() - 1)
+            return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, r))
+
+        self.chunk = rows(CHUNK_ELEMS)  # batches above this many rows are split
+        self.max_chunk = rows(MAX_CHUNK_ELEMS)  # into chunks of at most this many
         self._tls = threading.local()
         _, self._one, self._zero = backend.consts(self.dtype)
+        self._max_width = wmax
+        # NumPy's BLAS with the bias filled in first (minifw._gemm), where there is one
+        self._gemm = not self.cupy and self.dtype in _gemm.funcs()
         # per step: what ReLU compares with (a read-only zero row on NumPy, see zero_row)
         self._relu_zero = [zeros_for_width(backend, w, self.dtype) for w in self.widths]
 
@@ -168,17 +185,29 @@ class Plan:
         if self.cupy:
             _CupyBlock.run(self, x, y)
             return y
-        chunk = self.chunk if max_rows is None else max(1, min(self.chunk, max_rows))
-        if n <= chunk:
+        chunk, threads = self.split(n, max_rows)
+        if chunk >= n:
             self._block(x, y)
-            return y
-        threads = min(_threads_wanted(), -(-n // chunk))
-        if threads > 1 and _BLAS.available():
+        elif threads > 1:
             self._parallel(x, y, chunk, threads)
         else:
             for s in range(0, n, chunk):
                 self._block(x[s : s + chunk], y[s : s + chunk])
         return y
+
+    def split(self, n: int, max_rows: int | None = None) -> tuple[int, int]:
+        """``(rows per chunk, threads)`` for a batch of ``n`` rows on NumPy (chunks of at
+        most ``max_rows``): one block up to ``chunk`` rows; above that, chunks of equal size,
+        as many per thread, each at most ``max_chunk`` rows."""
+        small = self.chunk if max_rows is None else max(1, min(self.chunk, max_rows))
+        if n <= small:
+            return n, 1
+        threads = min(_threads_wanted(), -(-n // small))
+        if threads <= 1 or not _BLAS.available():
+            return small, 1
+        big = self.max_chunk if max_rows is None else max(1, min(self.max_chunk, max_rows))
+        nchunks = threads * -(-n // (threads * big))
+        return -(-n // nchunks), threads
 
     # -- per-thread buffers ------------------------------------------------------------
     def _buffers(self, n: int) -> list[Any]:
@@ -225,14 +254,28 @@ class Plan:
         one = self._one
         nh = self.n_hidden
         dot = np.dot  # for 2-D arrays the same BLAS call as matmul (same bits), less overhead
+        # big outputs: bias (or -bias) first, then GEMM adds to it (as Dense does: same bits)
+        least = _gemm.MIN_ELEMS
+        gemm = self._gemm and n * self._max_width >= least
         h = x
         i = 0
         for m, act in self.steps:
             out = bufs[i] if i < nh else y
-            dot(h, m._weight, out)
-            b = m._bias
+            w, b = m._weight, m._bias
+            biased = False
+            if gemm and b is not None and out.size >= least:
+                if act == SIGMOID:  # -(b + xW): alpha = -1 on -b; negation is exact
+                    np.copyto(out, np.negative(b, bufs[nh + 1 + i]))
+                    biased = addmm(h, w, out, -1.0)
+                else:
+                    np.copyto(out, b)
+                    biased = addmm(h, w, out)
+            if not biased:
+                dot(h, w, out)
             if act == SIGMOID:  # 1 / (1 + exp(-z)), as minifw.functional: same bits
-                if b is not None:  # -(xW + b) in one pass: (-b) - xW is the same bits
+                if biased:
+                    pass  # out already holds -(xW + b)
+                elif b is not None:  # -(xW + b) in one pass: (-b) - xW is the same bits
                     np.subtract(np.negative(b, bufs[nh + 1 + i]), out, out)
                 else:
                     np.negative(out, out)
@@ -242,7 +285,7 @@ class Plan:
                 h = out
                 i += 1
                 continue
-            if b is not None:
+            if b is not None and not biased:
                 np.add(out, b, out)
             if act == RELU:  # NaN propagates; the zero row as minifw.functional.relu_
                 np.maximum(out, self._relu_zero[i], out=out)
@@ -491,9 +534,11 @@ class _CupyBlock:
 
 
 def describe(plan: Plan) -> str:
-    """A one-line summary, e.g. ``numpy: 784→50 sigmoid, 50→100 sigmoid, ... (chunk 1024)``."""
+    """A one-line summary, e.g. ``numpy: 784→50 sigmoid, ... (chunks above 1024 rows, of at
+    most 1024)``."""
     parts = [f"{m.in_features}→{m.out_features} {ACT_NAMES[a]}" for m, a in plan.steps]
-    return f"{plan.backend.name}: " + ", ".join(parts) + f" (chunk {plan.chunk} rows)"
+    chunks = f"chunks above {plan.chunk} rows, of at most {plan.max_chunk}"
+    return f"{plan.backend.name}: " + ", ".join(parts) + f" ({chunks})"
 
 
 __all__ = ["Plan", "compile_plan", "describe"]

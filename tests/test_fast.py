@@ -133,7 +133,8 @@ def test_large_batches_chunked_and_parallel(net: str, threads: int, monkeypatch:
     np.testing.assert_allclose(model.predict(x, batch_size=100), plain, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(model(x), naive(model, x), rtol=1e-4, atol=1e-6)
     # a chunk's rows match the same rows computed alone (BLAS threading may move last bits)
-    c = plan.chunk
+    c, used = plan.split(n)
+    assert c < n and used == (threads if _fast._BLAS.available() else 1)
     np.testing.assert_allclose(model(x)[c : 2 * c], model(x[c : 2 * c]), rtol=2e-6, atol=1e-7)
 
 
@@ -555,8 +556,37 @@ def test_every_chunk_thread_sizes_its_buffers_for_a_full_chunk(monkeypatch: Any)
         monkeypatch.setattr(_fast, "_pool", lambda size: helper)
         model = build([16, 8, 4], ["sigmoid", "none"], True, True, "float32")
         plan = model._fast_plan()
-        x = np.ones((plan.chunk + 8, 16), np.float32)
-        model.predict(x)
+        n = plan.chunk + 9
+        chunk, threads = plan.split(n)
+        assert threads == 2 and n % chunk != 0  # a short last chunk
+        model.predict(np.ones((n, 16), np.float32))
         theirs = helper.submit(lambda: getattr(plan._tls, "cap", 0)).result()
     caps = [getattr(plan._tls, "cap", 0), theirs]
-    assert min(caps) >= plan.chunk, caps
+    assert min(caps) >= chunk, caps
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_split_gives_balanced_chunks_within_the_limits(threads: int, monkeypatch: Any) -> None:
+    monkeypatch.setattr(_fast, "max_threads", threads)
+    wide = build([64, 1024, 10], ["relu", "none"], True, True, "float32")._fast_plan()
+    narrow = build([64, 100, 10], ["relu", "none"], True, True, "float32")._fast_plan()
+    assert (wide.chunk, wide.max_chunk) == (256, 1024)  # 2**18 and 2**20 elements of 1024
+    assert (narrow.chunk, narrow.max_chunk) == (1024, 1024)  # capped at MAX_CHUNK_ROWS
+    for plan in (wide, narrow):
+        assert plan.split(1) == (1, 1) and plan.split(plan.chunk) == (plan.chunk, 1)
+        for n in (plan.chunk + 1, 1000, 3000, 8192, 10000, 50001):
+            for max_rows in (None, 100, 700):
+                chunk, used = plan.split(n, max_rows)
+                small = plan.chunk if max_rows is None else min(plan.chunk, max_rows)
+                if n <= small:
+                    assert (chunk, used) == (n, 1)
+                    continue
+                assert 1 <= used <= threads
+                if used == 1:  # one thread: chunks of the split size, one after another
+                    assert chunk == small
+                    continue
+                big = min(plan.max_chunk, max_rows or n)
+                k = -(-n // chunk)  # chunks, the last one possibly short
+                assert chunk <= big
+                assert k <= used * -(-n // (used * big))  # as few as the threads allow
+                assert k * chunk - n < k + used  # the last one short by a few rows at most
