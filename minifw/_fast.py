@@ -153,8 +153,9 @@ class Plan:
         self._tls = threading.local()
         _, self._one, self._zero = backend.consts(self.dtype)
         self._max_width = wmax
-        # NumPy's BLAS with the bias filled in first (minifw._gemm), where there is one
-        self._gemm = not self.cupy and self.dtype in _gemm.funcs()
+        # NumPy's BLAS with the bias filled in first (minifw._gemm), where there is one;
+        # looked up on the first big batch (threadpoolctl takes milliseconds to look)
+        self._gemm: bool | None = False if self.cupy else None
         # per step: what ReLU compares with (a read-only zero row on NumPy, see zero_row)
         self._relu_zero = [zeros_for_width(backend, w, self.dtype) for w in self.widths]
 
@@ -256,7 +257,10 @@ class Plan:
         dot = np.dot  # for 2-D arrays the same BLAS call as matmul (same bits), less overhead
         # big outputs: bias (or -bias) first, then GEMM adds to it (as Dense does: same bits)
         least = _gemm.MIN_ELEMS
-        gemm = self._gemm and n * self._max_width >= least
+        gemm = n * self._max_width >= least and self._gemm is not False
+        if gemm and self._gemm is None:
+            self._gemm = self.dtype in _gemm.funcs()
+            gemm = self._gemm
         h = x
         i = 0
         for m, act in self.steps:
