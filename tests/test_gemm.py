@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_fast import models, naive
 
 import minifw as mf
 from minifw import _fast, _gemm
@@ -187,3 +188,31 @@ def test_a_library_that_fails_the_self_check_is_not_used(monkeypatch: Any) -> No
     monkeypatch.setattr(_gemm, "_funcs", None)
     monkeypatch.setattr(_gemm, "_numpy_openblas", lambda: None)
     assert _gemm.funcs() == {}
+
+
+@needs_gemm
+@given(data=models())
+def test_every_layer_fused_still_gives_the_layers_bits(data: tuple[Any, np.ndarray]) -> None:
+    """With the size threshold at 1, every biased Dense of random models (1-D and 2-D inputs,
+    both dtypes, every activation) goes through the fused GEMM, in the layers and the plan."""
+    model, x = data
+    calls = []
+    real = _gemm.addmm
+
+    def spy(x: Any, w: Any, out: Any, alpha: float = 1.0) -> bool:
+        calls.append(alpha)
+        return real(x, w, out, alpha)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_gemm, "MIN_ELEMS", 1)
+        mp.setattr(_gemm, "addmm", spy)
+        mp.setattr(_fast, "addmm", spy)
+        plain = model._forward(model.backend.asarray(x), False, False)[0]
+        fast = model(x)
+    biased = sum(1 for m in model if isinstance(m, mf.Dense) and m.bias is not None)
+    assert len(calls) == (2 * biased if x.size else 0)  # per biased layer, on each path
+    np.testing.assert_array_equal(fast, plain)
+    tol = 1e-5 if x.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        fast, naive(model, np.atleast_2d(x)).reshape(fast.shape), rtol=tol, atol=tol
+    )
