@@ -98,6 +98,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
     try:
         info["loadavg_start"] = list(os.getloadavg())
@@ -709,6 +710,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(
         f"Machine: {m['cpu']}, {m['cores_usable']} usable cores; Python {m['python']}, "
         f"NumPy {m['numpy']}; {m['platform']}."
+        + (f" Started {m['started_utc']} UTC." if "started_utc" in m else "")
     )
     tp = m.get("threadpools")
     if isinstance(tp, list):

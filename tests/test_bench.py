@@ -3,7 +3,9 @@ JSON, markdown and PNG. Nothing here asserts a timing."""
 
 from __future__ import annotations
 
+import calendar
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,8 @@ def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     for p in peers:  # either measured or skipped with a note saying so
         assert p in res["inference"][0]["engines"] or "skipped" in res["notes"].get(p, "")
     assert res["machine"]["cores_usable"] >= 1 and res["machine"]["numpy"] == np.__version__
+    started = time.strptime(res["machine"]["started_utc"], "%Y-%m-%d %H:%M:%S")
+    assert abs(calendar.timegm(started) - time.time()) < 3600  # when the run began, in UTC
     assert res["training"]["skipped"].startswith("--smoke")
     md = (out / "bench.md").read_text()
     assert "## S (784-50-100-10 sigmoid/softmax), batch 64" in md and "| engine |" in md
