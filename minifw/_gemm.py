@@ -12,7 +12,8 @@ Only NumPy's own OpenBLAS is called (the library threadpoolctl finds inside NumP
 package: the ILP64 build pip wheels ship, ``scipy_cblas_sgemm64_`` or ``cblas_sgemm64_``),
 so the BLAS thread settings that ``minifw._fast`` applies hold for it too, and one
 self-check against ``matmul`` runs before first use. Anywhere else (MKL, Accelerate, a
-system BLAS) :func:`addmm` returns ``False`` and the caller takes ``matmul`` + ``add``.
+system BLAS) :func:`addmm` returns ``False`` and the caller takes ``matmul`` + ``add``;
+``MINIFW_FUSED_GEMM=0`` does the same anywhere.
 
 A ctypes call costs a few microseconds of pointer lookups, so callers use it only for
 outputs of at least :data:`MIN_ELEMS` elements, where the saved pass costs more. The
@@ -113,11 +114,27 @@ def _call(f: Any, x: Any, w: Any, out: Any, alpha: float) -> None:
     )  # fmt: skip
 
 
+def _wanted() -> bool:
+    env = os.environ.get("MINIFW_FUSED_GEMM", "").strip()
+    if env in ("", "1"):
+        return True
+    if env == "0":
+        return False
+    from .errors import BackendError
+
+    raise BackendError(f"MINIFW_FUSED_GEMM={env!r}: use 0 (matmul + add) or 1 (the default)")
+
+
 def funcs() -> dict[Any, Any]:
+    """dtype -> GEMM of NumPy's OpenBLAS, looked up once (``{}``: not available, or turned
+    off with ``MINIFW_FUSED_GEMM=0``, read at the first lookup)."""
     global _funcs
     if _funcs is None:
         with _lock:
             if _funcs is None:
+                if not _wanted():
+                    _funcs = {}
+                    return _funcs
                 try:
                     _funcs = _load()
                 except Exception:  # an unexpected library: matmul + add it is

@@ -216,3 +216,20 @@ def test_every_layer_fused_still_gives_the_layers_bits(data: tuple[Any, np.ndarr
     np.testing.assert_allclose(
         fast, naive(model, np.atleast_2d(x)).reshape(fast.shape), rtol=tol, atol=tol
     )
+
+
+def test_the_env_var_turns_it_off_and_a_bad_value_is_named(monkeypatch: Any) -> None:
+    monkeypatch.setattr(_gemm, "_funcs", None)
+    monkeypatch.setenv("MINIFW_FUSED_GEMM", "0")
+    assert _gemm.funcs() == {}
+    model = _model(mf.ReLU, "float32")
+    x = np.random.default_rng(9).random((200, 64), dtype=np.float32)
+    np.testing.assert_allclose(model(x), model._forward(x, False, False)[0], rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(_gemm, "_funcs", None)
+    monkeypatch.setenv("MINIFW_FUSED_GEMM", "yes")
+    with pytest.raises(mf.BackendError, match="MINIFW_FUSED_GEMM='yes'"):
+        mf.Dense(64, 1100)(x)
+    monkeypatch.setattr(_gemm, "_funcs", None)
+    monkeypatch.setenv("MINIFW_FUSED_GEMM", "1")
+    if _numpy_has_openblas():  # "1" is the default: on
+        assert set(_gemm.funcs()) == {np.dtype("float32"), np.dtype("float64")}
