@@ -277,12 +277,11 @@ class Plan:
             if not biased:
                 dot(h, w, out)
             if act == SIGMOID:  # 1 / (1 + exp(-z)), as minifw.functional: same bits
-                if biased:
-                    pass  # out already holds -(xW + b)
-                elif b is not None:  # -(xW + b) in one pass: (-b) - xW is the same bits
-                    np.subtract(np.negative(b, bufs[nh + 1 + i]), out, out)
-                else:
+                if b is not None and not biased:  # -(xW + b) in one pass: (-b) - xW
+                    np.subtract(np.negative(b, bufs[nh + 1 + i]), out, out)  # (same bits)
+                elif b is None:
                     np.negative(out, out)
+                # (biased: out already holds -(xW + b))
                 np.exp(out, out)  # overflow warnings are off (_block)
                 np.add(out, one, out)
                 np.divide(one, out, out)
