@@ -269,11 +269,9 @@ class Plan:
             biased = False
             if gemm and b is not None and out.size >= least:
                 if act == SIGMOID:  # -(b + xW): alpha = -1 on -b; negation is exact
-                    np.copyto(out, np.negative(b, bufs[nh + 1 + i]))
-                    biased = addmm(h, w, out, -1.0)
+                    biased = addmm(h, w, out, -1.0, np.negative(b, bufs[nh + 1 + i]))
                 else:
-                    np.copyto(out, b)
-                    biased = addmm(h, w, out)
+                    biased = addmm(h, w, out, 1.0, b)
             if not biased:
                 dot(h, w, out)
             if act == SIGMOID:  # 1 / (1 + exp(-z)), as minifw.functional: same bits

@@ -82,7 +82,8 @@ def _load() -> dict[Any, Any]:
 
 
 def _self_check(funcs: dict[Any, Any]) -> bool:
-    """One small product per dtype, strided and not, against ``matmul``."""
+    """One small product per dtype (the input's rows longer than its columns, both signs
+    of ``alpha``) against ``matmul``."""
     rng = np.random.default_rng(0)
     for dt, f in funcs.items():
         x = rng.standard_normal((37, 40)).astype(dt)[:, :29]  # rows longer than the columns
@@ -142,10 +143,11 @@ def funcs() -> dict[Any, Any]:
     return _funcs
 
 
-def addmm(x: Any, w: Any, out: Any, alpha: float = 1.0) -> bool:
+def addmm(x: Any, w: Any, out: Any, alpha: float = 1.0, fill: Any = None) -> bool:
     """``out += alpha * (x @ w)`` in one GEMM for 2-D NumPy arrays of one float dtype, ``out``
-    already holding the bias (broadcast over its rows); ``False`` (nothing written) where
-    this BLAS call does not apply: the caller then uses ``matmul``."""
+    holding the bias (broadcast over its rows): ``fill``, when given, is written into ``out``
+    first. ``False`` (nothing written) where this BLAS call does not apply: the caller then
+    uses ``matmul``."""
     f = (_funcs if _funcs is not None else funcs()).get(out.dtype)
     if f is None or x.dtype != out.dtype or w.dtype != out.dtype:
         return False
@@ -155,5 +157,7 @@ def addmm(x: Any, w: Any, out: Any, alpha: float = 1.0) -> bool:
         return False
     if not (_blasable(x, item) and _blasable(w, item) and _blasable(out, item)):
         return False
+    if fill is not None:
+        np.copyto(out, fill)
     _call(f, x, w, out, alpha)
     return True

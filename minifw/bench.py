@@ -16,12 +16,12 @@ Method: for each configuration every engine is warmed up, then timed in interlea
 rounds (engine A, B, C, ... then again, the order rotated each round). Before each timed
 loop the command waits until the previous engine's worker threads have stopped spinning
 (at most ``--settle-seconds``) and makes one untimed call; the loop then lasts about
-``--loop-seconds`` (at least 3 calls; 1 with ``--quick``). A loop during which other processes used more than ``--max-foreign``
-of the machine's CPU (from ``/proc/stat`` minus this process) is thrown away and redone
-after a pause. Reported: median, min and max time per call, samples/s, ratios of minifw
-to each peer, peak memory per call (RSS high-water mark and traced allocations), and the
-machine (CPU, cores, BLAS and its threads). Results go to ``--out`` as JSON, a markdown
-table and a PNG chart.
+``--loop-seconds`` (at least 3 calls; 1 with ``--quick``). A loop during which other
+processes used more than ``--max-foreign`` of the machine's CPU (from ``/proc/stat`` minus
+this process) is thrown away and redone after a pause. Reported: median, min and max time
+per call, samples/s, ratios of minifw to each peer, peak memory per call (RSS high-water
+mark and traced allocations), and the machine (CPU, cores, BLAS and its threads). Results
+go to ``--out`` as JSON, a markdown table and a PNG chart.
 
 Peers that are not installed are skipped with a note; ``pip install "minifw[bench]"``
 installs them.

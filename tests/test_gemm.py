@@ -115,9 +115,9 @@ def test_fused_layers_and_plan_give_the_same_bits_and_the_right_values(
     calls: list[tuple[int, ...]] = []
     real = _gemm.addmm
 
-    def spy(x: Any, w: Any, out: Any, alpha: float = 1.0) -> bool:
+    def spy(x: Any, w: Any, out: Any, alpha: float = 1.0, fill: Any = None) -> bool:
         calls.append(out.shape)
-        return real(x, w, out, alpha)
+        return real(x, w, out, alpha, fill)
 
     monkeypatch.setattr(_gemm, "addmm", spy)
     monkeypatch.setattr(_fast, "addmm", spy)
@@ -199,9 +199,9 @@ def test_every_layer_fused_still_gives_the_layers_bits(data: tuple[Any, np.ndarr
     calls = []
     real = _gemm.addmm
 
-    def spy(x: Any, w: Any, out: Any, alpha: float = 1.0) -> bool:
+    def spy(x: Any, w: Any, out: Any, alpha: float = 1.0, fill: Any = None) -> bool:
         calls.append(alpha)
-        return real(x, w, out, alpha)
+        return real(x, w, out, alpha, fill)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_gemm, "MIN_ELEMS", 1)

@@ -116,8 +116,8 @@ class Dense(Module):
             if rows * n >= _gemm.MIN_ELEMS and type(x) is np.ndarray and x.dtype == w.dtype:
                 if w.dtype in _gemm.funcs():
                     y = np.empty(shape[:-1] + (n,), dtype=w.dtype)
-                    np.copyto(y, b)
-                    if _gemm.addmm(x.reshape(rows, self.in_features), w, y.reshape(rows, n)):
+                    x2 = x.reshape(rows, self.in_features)
+                    if _gemm.addmm(x2, w, y.reshape(rows, n), 1.0, b):
                         return y, True
             y = x @ w
             y += b
