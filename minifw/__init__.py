@@ -1,18 +1,24 @@
-"""minifw: a small, fast, autograd-free MLP framework on NumPy, CuPy and the Array API.
+"""minifw: a small, fast, autograd-free neural-network framework on NumPy, CuPy and the
+Array API.
 
     import minifw as mf
     model = mf.Sequential(mf.Dense(784, 50), mf.Sigmoid(), mf.Dense(50, 10), mf.Softmax())
     p = model.predict(x, batch_size=1000)
 
 The backend (array engine) is chosen by ``MINIFW_BACKEND`` or ``mf.backend.use(name)``;
-see :mod:`minifw.backend`. Importing minifw imports only NumPy.
+see :mod:`minifw.backend`. Importing minifw imports only NumPy; ``mf.datasets`` is loaded
+on first use.
 """
 
 from __future__ import annotations
 
-from . import backend, functional, losses, optim
+import importlib
+from typing import Any
+
+from . import backend, functional, losses, optim, plan
 from ._convert import to_numpy
 from ._random import seed
+from ._version import __version__
 from .errors import BackendError, FormatError, MinifwError, ShapeError
 from .layers import (
     Dense,
@@ -25,12 +31,19 @@ from .layers import (
     Softmax,
     Step,
     Tanh,
+    register_layer,
 )
+from .persistence import from_weights, load, save
 from .training import History, NonFiniteLossError
 
-__version__ = "0.1.0"
+_LAZY = ("datasets", "cli", "training", "persistence")
 
-from .persistence import from_weights, load, save  # noqa: E402  (needs __version__)
+
+def __getattr__(name: str) -> Any:  # PEP 562: submodules loaded on first use
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'minifw' has no attribute {name!r}")
+
 
 __all__ = [
     "BackendError",
@@ -51,12 +64,15 @@ __all__ = [
     "Tanh",
     "__version__",
     "backend",
+    "datasets",
     "from_weights",
-    "load",
-    "save",
     "functional",
+    "load",
     "losses",
     "optim",
+    "plan",
+    "register_layer",
+    "save",
     "seed",
     "to_numpy",
 ]

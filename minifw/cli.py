@@ -274,7 +274,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``bench`` is listed here; its arguments are its own)."""
-    from . import __version__
+    from ._version import __version__
 
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument(

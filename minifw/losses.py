@@ -31,26 +31,11 @@ def _backend_for(x: Any) -> Backend:
     return b if b is not None else _backend.current()
 
 
-def _one_hot(b: Backend, idx: Any, n_classes: int, dtype: Any) -> Any:
-    """Integer class indices ``(N,)`` -> float one-hot rows ``(N, C)`` (portable path)."""
-    xp = b.xp
-    # on idx's device: a CUDA torch tensor compared with a CPU arange would fail
-    # (dask arrays have no .device: they take the default)
-    dev = getattr(idx, "device", None)
-    kw = {} if dev is None else {"device": dev}
-    classes = xp.arange(n_classes, dtype=idx.dtype, **kw)
-    return xp.astype(xp.reshape(idx, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
-
-
-def _is_index_target(b: Backend, target: Any) -> bool:
-    return len(target.shape) == 1 and b.xp.isdtype(target.dtype, "integral")
-
-
 def _check_target(pred: Any, target: Any, b: Backend, what: str) -> bool:
     """Validate a cross-entropy target against ``pred`` (N, C); True for class indices."""
     if len(pred.shape) != 2:
         raise ShapeError(f"{what}: expects predictions of shape (N, C), got {tuple(pred.shape)}")
-    if _is_index_target(b, target):
+    if b.is_index(target):
         if target.shape[0] != pred.shape[0]:
             raise ShapeError(
                 f"{what}: {target.shape[0]} class indices for {pred.shape[0]} predictions"
@@ -68,50 +53,15 @@ def _check_target(pred: Any, target: Any, b: Backend, what: str) -> bool:
 def softmax_cross_entropy(
     b: Backend, z: Any, target: Any, owned: bool = False, need_grad: bool = True
 ) -> tuple[Any, Any]:
-    """Mean cross-entropy of ``softmax(z)`` against ``target``, and its gradient wrt ``z``.
+    """Mean cross-entropy of ``softmax(z)`` against ``target``, and its gradient wrt ``z``
+    (the backend's ``softmax_cross_entropy`` operation).
 
     ``z``: logits ``(N, C)``; ``target``: class indices ``(N,)`` (integers, on backend
     ``b``) or probability rows ``(N, C)``. Returns ``(loss, grad)``: the loss as a 0-d
     array of the backend (not yet synchronised) and ``(softmax(z) - t) / N`` (``None``
-    when ``need_grad`` is false). With ``owned`` the fast path works in ``z``'s memory.
+    when ``need_grad`` is false). With ``owned`` the backend may work in ``z``'s memory.
     """
-    xp = b.xp
-    n = z.shape[0]
-    if b.fast:
-        index = len(target.shape) == 1 and target.dtype.kind in "iu"  # isdtype is slow
-        # shifted logits s = z - max; loss_i = log(sum(exp(s_i))) - s_i[t_i]
-        s = xp.subtract(z, z.max(axis=1, keepdims=True), out=z if owned else None)
-        if index:
-            if s.flags.c_contiguous:  # (row, target) pairs as flat indices: cheaper
-                sel: Any = xp.arange(0, n * s.shape[1], s.shape[1]) + target
-                s_sel = s.reshape(-1)
-            else:
-                sel, s_sel = (xp.arange(n), target), s
-            picked = s_sel[sel]
-        else:
-            picked = (s * target).sum(axis=1)  # sum_j t_ij s_ij (rows of t sum to 1)
-        xp.exp(s, out=s)  # s now holds exp(shifted logits)
-        tot = s.sum(axis=1, keepdims=True)
-        loss = (xp.log(tot).sum() - picked.sum()) / n
-        if not need_grad:
-            return loss, None
-        s /= tot  # p
-        if index:
-            s_sel[sel] -= 1.0
-        else:
-            s -= target
-        s *= 1.0 / n
-        return loss, s
-    index = _is_index_target(b, target)
-    m = xp.max(z, axis=1, keepdims=True)
-    s = z - m
-    lse = xp.log(xp.sum(xp.exp(s), axis=1, keepdims=True))
-    logp = s - lse
-    t = _one_hot(b, target, z.shape[1], z.dtype) if index else target
-    loss = -xp.sum(t * logp) / n
-    if not need_grad:
-        return loss, None
-    return loss, (xp.exp(logp) - t) / n
+    return b.softmax_cross_entropy(z, target, owned, need_grad)
 
 
 class Loss:
@@ -198,7 +148,7 @@ class CrossEntropy(Loss):
             return softmax_cross_entropy(b, pred, target)
         xp = b.xp
         n, c = pred.shape
-        t = _one_hot(b, target, c, pred.dtype) if index else target
+        t = b.one_hot(target, c, pred.dtype) if index else target
         p = xp.clip(pred, self.eps, 1.0)
         loss = -xp.sum(t * xp.log(p)) / n
         inside = xp.astype((pred >= self.eps) & (pred <= 1.0), pred.dtype)  # clip's gradient

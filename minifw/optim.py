@@ -4,24 +4,21 @@ An optimizer is built without parameters (``Adam(lr=1e-3)``) and updates a model
 ``opt.step(model)`` from the gradients its layers' ``backward`` left in ``module.grads``.
 Its state (moment buffers, step count) is keyed by the model's ``state_dict`` keys.
 
-On NumPy and CuPy parameters are updated in place with ufuncs writing into buffers kept
-from step to step; on every other engine (the Array API path, where arrays may be
-immutable, as in JAX) each step computes new arrays and hands them to the layer with
-``module._assign``. The formulas are PyTorch's, so results agree with ``torch.optim``.
+Each update is one backend operation (``Backend.sgd_update``, ``Backend.adam_update``): on
+NumPy and CuPy it runs in place, over all parameters gathered in one buffer; on engines
+whose arrays may be immutable (JAX) each step computes new arrays and hands them to the
+layer. The formulas are PyTorch's, so results agree with ``torch.optim``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, ShapeError
 from .layers.module import Module
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "get"]
@@ -40,7 +37,7 @@ def _check_float(
 
 
 class Optimizer:
-    """Base class. Subclasses implement ``_update_fast`` and ``_update_generic``."""
+    """Base class. Subclasses implement ``_update``, which calls one backend operation."""
 
     #: names of the per-parameter state arrays, e.g. ``("exp_avg", "exp_avg_sq")``
     state_names: tuple[str, ...] = ()
@@ -49,8 +46,7 @@ class Optimizer:
         self.lr = _check_float("lr", lr, 0.0)
         self.t = 0  # steps taken
         self.state: dict[str, dict[str, Any]] = {}
-        self._scratch: dict[str, Any] = {}  # fast path: one temporary per parameter
-        self._flat: _Flat | None = None  # fast path: the model's parameters in one buffer
+        self._flat: _Flat | None = None  # the model's parameters in one buffer, where it can
 
     # -- public API ----------------------------------------------------------------
     def step(self, model: Module) -> None:
@@ -63,7 +59,7 @@ class Optimizer:
                     f"(state dict key {key!r}); run a training-mode forward and backward first"
                 )
         self.t += 1
-        if slots and all(m._fast for _, m, _ in slots):
+        if slots:
             flat = self._flat
             if flat is None or not flat.matches(slots):
                 flat = self._flat = _Flat.build(slots, self)
@@ -71,21 +67,21 @@ class Optimizer:
                 flat.run(self)
                 return
         for key, m, n in slots:
+            b = m.backend
             p, g = m.get_param(n), m.grads[n]
+            if tuple(g.shape) != tuple(p.shape):
+                raise ShapeError(
+                    f"{type(self).__name__}.step: the gradient of {key!r} has shape "
+                    f"{tuple(g.shape)}, the parameter {tuple(p.shape)}"
+                )
             st = self.state.get(key)
             if st is None:
                 st = self.state[key] = {}
-            elif st and not m.backend.is_native(next(iter(st.values()))):
-                st = self.state[key] = {
-                    k: m.backend.asarray(v, m.backend.dtype_name(p)) for k, v in st.items()
-                }
-            if m._fast:
-                tmp = self._scratch.get(key)
-                if tmp is None or tmp.shape != p.shape or tmp.dtype != p.dtype:
-                    tmp = self._scratch[key] = m.backend.xp.empty_like(p)
-                self._update_fast(m.backend.xp, p, g, st, tmp)
-            else:
-                m._assign(n, self._update_generic(m.backend.xp, p, g, st))
+            elif not _fits(b, st, p):
+                st = self.state[key] = self._adopt(key, b, st, p)
+            new = self._update(b, p, g, st)
+            if new is not p:
+                m._assign(n, new)
         if any(m.backend.lazy for _, m, _ in slots):
             self._settle(slots)
 
@@ -136,7 +132,11 @@ class Optimizer:
             "hyperparameters": self.hyperparameters(),
             "step": self.t,
             "state": {
-                key: {k: np.array(to_numpy(v), copy=True) for k, v in st.items()}
+                key: {
+                    k: np.array(to_numpy(v), copy=True)
+                    for k, v in st.items()
+                    if k in self.state_names
+                }
                 for key, st in self.state.items()
             },
         }
@@ -172,52 +172,56 @@ class Optimizer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args})"
 
-    # -- per-parameter updates ----------------------------------------------------------
-    def _update_fast(self, xp: Any, p: Any, g: Any, st: dict[str, Any], tmp: Any) -> None:
+    def _adopt(self, key: str, b: Any, st: dict[str, Any], p: Any) -> dict[str, Any]:
+        """Optimizer state loaded or kept from elsewhere, moved to ``p``'s backend and dtype
+        (a shape that does not match: a clear error, not a broadcast failure)."""
+        out = {}
+        for k, v in st.items():
+            if k not in self.state_names:
+                continue
+            if tuple(v.shape) != tuple(p.shape):
+                raise ShapeError(
+                    f"{type(self).__name__}: its state {k!r} for parameter {key!r} has shape "
+                    f"{tuple(v.shape)} but the parameter has {tuple(p.shape)}; was this "
+                    "optimizer used with another model? Use a new optimizer for it"
+                )
+            out[k] = b.asarray(v, b.dtype_name(p))
+            if out[k] is v and b.mutable:
+                out[k] = b.copy(v)
+        return out
+
+    # -- the update (one backend operation) ---------------------------------------------
+    def _update(self, b: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        """One step of parameter ``p``: the new parameter (``p`` itself where the backend
+        updates in place)."""
         raise NotImplementedError
 
-    def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
-        raise NotImplementedError
 
-
-#: Threads that share a NumPy update (1: the calling thread only). Measured on 2 cores
-#: with 2 BLAS threads, splitting made an epoch slower: after each GEMM the BLAS worker
-#: threads spin for a while on the other core. Raise it when BLAS runs single-threaded.
-THREADS = 1
-#: Fewest elements per thread when an update is split.
-MIN_CHUNK = 1 << 16
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _get_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minifw-optim")
-        return _pool
+def _fits(b: Any, st: dict[str, Any], p: Any) -> bool:
+    """The state arrays are ``b``'s, of ``p``'s shape and dtype."""
+    for v in st.values():
+        if not b.is_native(v) or tuple(v.shape) != tuple(p.shape) or v.dtype != p.dtype:
+            return False
+    return True
 
 
 class _Flat:
-    """NumPy/CuPy fast path: a model's parameters, gradients and optimizer state gathered
-    into contiguous 1-D buffers, so that each step is a dozen ufunc passes over one array
-    (shared by ``THREADS`` threads on NumPy) instead of a dozen per parameter.
+    """A model's parameters, gradients and optimizer state gathered into contiguous 1-D
+    buffers (on engines whose views write through: ``Backend.flat_views``), so each step
+    is a dozen passes over one array instead of a dozen per parameter.
 
     The layers' parameters become views into the buffer (``module._assign``) and their
-    ``grads`` entries views into the gradient buffer, which ``Dense.backward`` fills in
+    ``grads`` entries views into the gradient buffer, which the backward passes fill in
     place. A parameter replaced from outside (``set_param``, ``load_state_dict``, ``to``)
     is noticed at the next step and the buffers are rebuilt, keeping the state.
     """
 
     def __init__(self) -> None:
         self.views: list[tuple[Module, str, Any, Any]] = []
+        self.b: Any = None
         self.p: Any = None
         self.g: Any = None
-        self.tmp: Any = None
         self.state: dict[str, Any] = {}
-        self.chunks: list[tuple[int, int]] = []
-        self.workers = 0  # worker threads that share the update with the caller
-        self.xp: Any = None
 
     @classmethod
     def build(cls, slots: list[tuple[str, Module, str]], opt: Optimizer) -> _Flat | None:
@@ -225,41 +229,39 @@ class _Flat:
         dtype = slots[0][1].get_param(slots[0][2]).dtype
         if any(m.backend is not b or m.get_param(n).dtype != dtype for _, m, n in slots):
             return None  # mixed backends or dtypes: per-parameter updates
-        xp = b.xp
-        sizes = [math.prod(m.get_param(n).shape) for _, m, n in slots]
-        total = sum(sizes)
+        shapes = [tuple(m.get_param(n).shape) for _, m, n in slots]
+        got = b.flat_views(shapes, dtype)
+        if got is None:
+            return None
         f = cls()
-        f.xp = xp
-        f.p = xp.empty(total, dtype=dtype)
-        f.g = xp.zeros(total, dtype=dtype)
-        f.tmp = xp.empty(total, dtype=dtype)
-        f.state = {k: xp.zeros(total, dtype=dtype) for k in opt.state_names}
-        off = 0
-        for (key, m, n), size in zip(slots, sizes, strict=True):
-            p = m.get_param(n)
-            shape = tuple(p.shape)
-            pv = f.p[off : off + size].reshape(shape)
-            pv[...] = p
-            gv = f.g[off : off + size].reshape(shape)
-            gv[...] = m.grads[n]
+        f.b = b
+        f.p, pviews = got
+        f.g, gviews = b.flat_views(shapes, dtype) or got
+        sviews = {}
+        for k in opt.state_names:
+            f.state[k], sviews[k] = b.flat_views(shapes, dtype) or got
+        for i, (key, m, n) in enumerate(slots):
+            p, g = m.get_param(n), m.grads[n]
+            if tuple(g.shape) != shapes[i]:
+                raise ShapeError(
+                    f"{type(opt).__name__}.step: the gradient of {key!r} has shape "
+                    f"{tuple(g.shape)}, the parameter {shapes[i]}"
+                )
+            pv = b.assign(pviews[i], p)
+            gv = b.assign(gviews[i], g)
             old = opt.state.get(key) or {}
+            if old and not _fits(b, old, p):
+                old = opt._adopt(key, b, old, p)
             new = {}
-            for k, buf in f.state.items():
-                sv = buf[off : off + size].reshape(shape)
+            for k in opt.state_names:
+                sv = sviews[k][i]
                 if old.get(k) is not None:
-                    sv[...] = b.asarray(old[k], b.dtype_name(p))
+                    b.assign(sv, old[k])
                 new[k] = sv
             opt.state[key] = new
-            opt._scratch.pop(key, None)
             m._assign(n, pv)
             m.grads[n] = gv
             f.views.append((m, n, pv, gv))
-            off += size
-        nt = max(1, min(int(THREADS), total // MIN_CHUNK)) if b.name == "numpy" else 1
-        f.workers = nt - 1
-        nc = 1 if nt == 1 else min(2 * nt, total // max(1, MIN_CHUNK // 2))  # chunks to share
-        bounds = [total * i // nc for i in range(nc + 1)]
-        f.chunks = [(bounds[i], bounds[i + 1]) for i in range(nc)]
         return f
 
     def matches(self, slots: list[tuple[str, Module, str]]) -> bool:
@@ -274,59 +276,9 @@ class _Flat:
         for m, n, _, gv in self.views:  # a gradient array replaced from outside: copy it in
             g = m.grads[n]
             if g is not gv:
-                gv[...] = g
+                self.b.assign(gv, g)
                 m.grads[n] = gv
-        if len(self.chunks) == 1:
-            opt._update_fast(self.xp, self.p, self.g, dict(self.state), self.tmp)
-            return
-
-        def part(i: int) -> None:
-            s, e = self.chunks[i]
-            st = {k: v[s:e] for k, v in self.state.items()}
-            opt._update_fast(self.xp, self.p[s:e], self.g[s:e], st, self.tmp[s:e])
-
-        task = _Task(part, len(self.chunks))
-        pool = _get_pool(self.workers)
-        for _ in range(self.workers):
-            pool.submit(task.work)
-        task.work()  # this thread takes chunks too, and all of them if no worker is free
-        task.wait()
-
-
-class _Task:
-    """Chunks ``0..n-1`` of one update, taken in turn by whichever thread is free.
-
-    The caller works too and waits only for chunks already taken by a worker, never for
-    a worker that has not been scheduled yet (on a busy machine that can take a time
-    slice of another process), so a split update is never much slower than one thread.
-    """
-
-    def __init__(self, fn: Any, n: int) -> None:
-        self.fn, self.n = fn, n
-        self._next = itertools.count()  # next() is atomic in CPython
-        self._done = 0
-        self._lock = threading.Lock()
-        self._finished = threading.Event()
-        self.error: BaseException | None = None
-
-    def work(self) -> None:
-        while True:
-            i = next(self._next)
-            if i >= self.n:
-                return
-            try:
-                self.fn(i)
-            except BaseException as e:  # re-raised in the caller by wait()
-                self.error = e
-            with self._lock:
-                self._done += 1
-                if self._done == self.n:
-                    self._finished.set()
-
-    def wait(self) -> None:
-        self._finished.wait()
-        if self.error is not None:
-            raise self.error
+        opt._update(self.b, self.p, self.g, self.state)
 
 
 def _slots(model: Module) -> Iterator[tuple[str, Module, str]]:
@@ -366,39 +318,8 @@ class SGD(Optimizer):
             "weight_decay": self.weight_decay,
         }
 
-    def _update_fast(self, xp: Any, p: Any, g: Any, st: dict[str, Any], tmp: Any) -> None:
-        mu, wd, lr = self.momentum, self.weight_decay, self.lr
-        if wd:
-            xp.multiply(p, wd, out=tmp)
-            tmp += g
-            g = tmp
-        if mu:
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = g.copy()
-            else:
-                buf *= mu
-                buf += g
-            if self.nesterov:  # p -= lr * (g + mu * buf), in two passes through tmp
-                xp.multiply(g, lr, out=tmp)
-                p -= tmp
-                xp.multiply(buf, lr * mu, out=tmp)
-                p -= tmp
-                return
-            g = buf
-        xp.multiply(g, lr, out=tmp)
-        p -= tmp
-
-    def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
-        mu, wd = self.momentum, self.weight_decay
-        if wd:
-            g = g + wd * p
-        if mu:
-            buf = st.get("momentum_buffer")
-            buf = g if buf is None else mu * buf + g
-            st["momentum_buffer"] = buf
-            g = g + mu * buf if self.nesterov else buf
-        return p - self.lr * g
+    def _update(self, b: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        return b.sgd_update(p, g, st, self.lr, self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -443,53 +364,11 @@ class Adam(Optimizer):
         sbc2 = math.sqrt(1.0 - b2**self.t)
         return self.lr * sbc2 / bc1, self.eps * sbc2
 
-    def _update_fast(self, xp: Any, p: Any, g: Any, st: dict[str, Any], tmp: Any) -> None:
-        b1, b2 = self.betas
-        wd = self.weight_decay
-        if wd:
-            if self._decoupled:
-                p *= 1.0 - self.lr * wd
-            else:
-                xp.multiply(p, wd, out=tmp)
-                tmp += g
-                g = tmp.copy()
-        m = st.get("exp_avg")
-        if m is None:
-            m = st["exp_avg"] = xp.zeros_like(p)
-            v = st["exp_avg_sq"] = xp.zeros_like(p)
-        else:
-            v = st["exp_avg_sq"]
-        # m = b1 m + (1 - b1) g  ==  b1 (m - g) + g
-        m -= g
-        m *= b1
-        m += g
-        # v = b2 v + (1 - b2) g^2  ==  b2 (v - g^2) + g^2
-        xp.multiply(g, g, out=tmp)
-        v -= tmp
-        v *= b2
-        v += tmp
+    def _update(self, b: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
         step, eps = self._factors()
-        xp.sqrt(v, out=tmp)
-        tmp += eps
-        xp.divide(m, tmp, out=tmp)
-        tmp *= step
-        p -= tmp
-
-    def _update_generic(self, xp: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
-        b1, b2 = self.betas
-        wd = self.weight_decay
-        if wd:
-            if self._decoupled:
-                p = p * (1.0 - self.lr * wd)
-            else:
-                g = g + wd * p
-        m = st.get("exp_avg")
-        v = st.get("exp_avg_sq")
-        m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
-        v = (1.0 - b2) * (g * g) if v is None else b2 * v + (1.0 - b2) * (g * g)
-        st["exp_avg"], st["exp_avg_sq"] = m, v
-        step, eps = self._factors()
-        return p - step * (m / (xp.sqrt(v) + eps))
+        return b.adam_update(
+            p, g, st, self.lr, self.betas, self.weight_decay, self._decoupled, step, eps
+        )
 
 
 class AdamW(Adam):

@@ -18,6 +18,7 @@ place, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from . import _random
 from ._atomic import atomic_write
 from .errors import FormatError
 from .layers import Module, Sequential
+from .layers.module import LAYERS, SERVICES, register_layer
 
 __all__ = ["FORMAT_VERSION", "from_weights", "load", "register_layer", "save"]
 
@@ -44,33 +46,9 @@ _FLOATS = ("float32", "float64")
 _MAX_DEFLATE_RATIO = 1100  # zlib cannot expand data more than ~1032x
 _MAX_DEPTH = 32
 
-_CUSTOM_LAYERS: dict[str, type[Module]] = {}
-
-
-def register_layer(cls: type[Module]) -> type[Module]:
-    """Make a custom :class:`Module` subclass loadable by name (usable as a decorator).
-
-    Its ``get_config()`` must return the JSON-able keyword arguments of its constructor.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Module)):
-        raise TypeError(f"register_layer expects a Module subclass, got {cls!r}")
-    _CUSTOM_LAYERS[cls.__name__] = cls
-    return cls
-
 
 def _layer_classes() -> dict[str, type[Module]]:
-    from . import layers
-
-    out = {
-        n: c
-        for n, c in vars(layers).items()
-        if isinstance(c, type)
-        and issubclass(c, Module)
-        and not n.startswith("_")
-        and c is not Module
-    }
-    out.update(_CUSTOM_LAYERS)
-    return out
+    return LAYERS
 
 
 # -- architecture <-> JSON -----------------------------------------------------------------
@@ -81,7 +59,7 @@ def _describe(m: Module, where: str) -> dict[str, Any]:
     if _layer_classes().get(name) is not type(m):
         raise TypeError(
             f"cannot save {where} ({name}): not a minifw layer; register it with "
-            "minifw.persistence.register_layer"
+            "@minifw.register_layer"
         )
     if isinstance(m, Sequential):
         return {
@@ -104,7 +82,7 @@ def _describe(m: Module, where: str) -> dict[str, Any]:
 def _architecture(model: Module) -> str:
     if not isinstance(model, Module):
         raise TypeError(f"save expects a minifw Module, got {type(model).__name__}")
-    from . import __version__
+    from ._version import __version__
 
     doc = {
         "format": FORMAT_NAME,
@@ -164,17 +142,21 @@ def _build(node: Any, file: str, where: str, depth: int = 0) -> Module:
 
 
 def _declared_param_bytes(node: Any, depth: int = 0) -> int:
-    """Bytes of the Dense parameters an architecture declares (before building it)."""
+    """Bytes of the parameters an architecture declares (each layer class's
+    ``declared_parameters``), before anything is built."""
     if depth > _MAX_DEPTH or not isinstance(node, dict):
         return 0
     if isinstance(node.get("layers"), list):
         return sum(_declared_param_bytes(c, depth + 1) for c in node["layers"])
-    c = node.get("config")
-    if node.get("class") == "Dense" and isinstance(c, dict):
-        n_in, n_out = c.get("in_features"), c.get("out_features")
-        if isinstance(n_in, int) and isinstance(n_out, int) and n_in > 0 and n_out > 0:
-            return (n_in + 1) * n_out * (8 if c.get("dtype") == "float64" else 4)
-    return 0
+    cls = LAYERS.get(node.get("class"))  # type: ignore[arg-type]
+    config = node.get("config")
+    if cls is None or not isinstance(config, dict):
+        return 0
+    try:
+        decl = cls.declared_parameters(config)
+    except Exception:  # a bad config: building the layer will say what is wrong
+        return 0
+    return sum(math.prod(shape) * (8 if dt == "float64" else 4) for shape, dt in decl.values())
 
 
 def _parse_architecture(text: str, file: str, size: int) -> Any:
@@ -380,21 +362,16 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None) -> Module:
     else:
         raise FormatError(f"{file}: not a minifw model file (neither .npz nor .safetensors)")
     arch = _parse_architecture(text, file, size)
-    ctx = _backend.use(backend) if backend is not None else _nullcontext()
+    ctx = _backend.use(backend) if backend is not None else contextlib.nullcontext()
     with ctx, _quiet_rng():
         model = _build(arch, file, "model")
     _fill(model, arrays, file)
     return model
 
 
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
-
-
 def _fill(model: Module, arrays: Mapping[str, np.ndarray], file: str) -> None:
     """Check keys, shapes and dtypes exactly, then set every parameter."""
-    slots = list(model.named_parameter_slots())
+    slots = list(model.named_state_slots())
     expected = [k for k, _, _ in slots]
     missing = [k for k in expected if k not in arrays]
     extra = sorted(k for k in arrays if k not in set(expected))
@@ -523,3 +500,6 @@ def from_weights(
             mods.append(act)
         prev_out = int(w.shape[1])
     return Sequential(*mods)
+
+
+SERVICES["save"] = save

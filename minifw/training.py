@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from ._convert import to_numpy
 from .backend import Backend
 from .errors import MinifwError, ShapeError
 from .layers.activations import Softmax
-from .layers.module import Module
+from .layers.module import SERVICES, Module, fit_context
 
 __all__ = ["History", "NonFiniteLossError", "evaluate", "fit"]
 
@@ -34,9 +35,9 @@ _EVAL_ELEMENTS = 1 << 22  # evaluate(batch_size=None): about this many activatio
 
 
 class NonFiniteLossError(MinifwError, FloatingPointError):
-    """The training loss became NaN or infinite. ``epoch`` and ``step`` are 1-based;
-    ``history`` holds the epochs completed before. The model keeps the weights of the
-    last good step (no update is made from the step whose loss was not finite)."""
+    """The training loss, a gradient or an updated weight became NaN or infinite.
+    ``epoch`` and ``step`` are 1-based; ``history`` holds the epochs completed before. The
+    model keeps the weights from before the step that failed."""
 
     def __init__(self, message: str, epoch: int, step: int, history: History) -> None:
         super().__init__(message)
@@ -86,11 +87,23 @@ def _plan(model: Module) -> tuple[list[Module], bool]:
 
 def _n_outputs(model: Module, x: Any) -> tuple[int, ...]:
     """The model's output shape for one sample, without running it if shapes are known."""
-    shape = model._out_shape((None, *tuple(x.shape[1:])))
+    shape = model.output_shape((None, *tuple(x.shape[1:])))
     if all(s is not None for s in shape[1:]):
         return tuple(int(s) for s in shape[1:])  # type: ignore[arg-type]
     y, _ = model._forward(x[:1, ...], False, False)
     return tuple(int(s) for s in y.shape[1:])
+
+
+def _widest(model: Module, x: Any) -> int:
+    """The most elements one sample has at any layer (input, activations, output)."""
+    shape: tuple[Any, ...] = (None, *tuple(x.shape[1:]))
+    widest = math.prod(shape[1:])
+    for m in getattr(model, "_modules", [model]):
+        shape = m.output_shape(shape)
+        if any(s is None for s in shape[1:]):
+            break
+        widest = max(widest, math.prod(shape[1:]))
+    return int(widest)
 
 
 class _Targets:
@@ -178,12 +191,8 @@ def _correct(b: Backend, out: Any, cls: Any, ybatch: Any, binary: bool) -> Any:
     """Number of correctly classified rows, as a 0-d array of the backend."""
     xp = b.xp
     if binary:
-        eq = (out > 0.5) == (ybatch > 0.5)
-        return xp.sum(xp.astype(eq, xp.int32))
-    pred = xp.argmax(out, axis=1)
-    if b.fast:
-        return xp.count_nonzero(pred == cls)
-    return xp.sum(xp.astype(pred == xp.astype(cls, pred.dtype), xp.int32))
+        return b.count_equal(out > 0.5, ybatch > 0.5)
+    return b.count_equal(xp.argmax(out, axis=1), cls)
 
 
 def _loss_step(
@@ -196,7 +205,7 @@ def _loss_step(
     need_grad: bool,
 ) -> tuple[Any, Any]:
     if fused:
-        return _losses.softmax_cross_entropy(b, out, ybatch, owned, need_grad)
+        return b.softmax_cross_entropy(out, ybatch, owned, need_grad)
     return loss._compute(b, out, ybatch, False)  # labels were validated once, up front
 
 
@@ -223,20 +232,31 @@ def fit(
     ``(N, C)``), ``"mse"`` or a :class:`minifw.losses.Loss`. ``optimizer``: a name
     (``"sgd"``, ``"adam"``, ``"adamw"``) or an instance from :mod:`minifw.optim`; ``None``
     means ``Adam()`` (a new one each call: pass the same instance to later ``fit`` calls to
-    keep its state, e.g. Adam's moments, across them). ``seed`` seeds the shuffling (``None``: drawn from ``mf.seed``'s
-    generator), so ``mf.seed(n)`` before building the model plus ``fit(seed=n)`` gives
-    bit-identical weights on the same backend and machine. ``progress=False`` silences
-    the progress bar. Labels are validated before any step; a non-finite loss raises
-    :class:`NonFiniteLossError` naming the epoch and step, leaving the last good weights.
+    keep its state, e.g. Adam's moments, across them). ``seed`` (a non-negative int) seeds
+    the shuffling (``None``: drawn from ``mf.seed``'s generator), so ``mf.seed(n)`` before
+    building the model plus ``fit(seed=n)`` gives bit-identical weights on the same backend
+    and machine. ``progress=False`` silences the progress bar.
+
+    Labels are validated before any step. A non-finite loss, gradient or updated weight
+    raises :class:`NonFiniteLossError` naming the epoch, the step and what went non-finite;
+    the model keeps the weights from before that step.
+
+    The model is in training mode for this call only, and only in this thread: another
+    thread's ``model(x)`` or ``predict`` meanwhile runs in eval mode and keeps nothing. Two
+    ``fit`` calls on one model at once raise a ``RuntimeError`` naming the model.
     """
     where = "fit"
     epochs = _check_positive_int("epochs", epochs, allow_zero=True)
     batch_size = _check_positive_int("batch_size", batch_size)
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
     loss_obj = _losses.get(loss)
     opt = _optim.get(optimizer if optimizer is not None else "adam")
     mods, fusable = _plan(model)
     fused = fusable and isinstance(loss_obj, _losses.CrossEntropy) and not loss_obj.from_logits
-    first = next((i for i, m in enumerate(mods) if m.param_names or m.num_parameters()), None)
+    first = next((i for i, m in enumerate(mods) if m.num_parameters()), None)
     if first is None:
         raise ValueError(f"{where}: the model has no parameters to train")
 
@@ -260,6 +280,8 @@ def fit(
                 f"{where}: validation x has shape {tuple(xv.shape)}, expected "
                 f"(M, {', '.join(map(str, X.shape[1:]))})"
             )
+        if int(xv.shape[0]) == 0:
+            raise ValueError(f"{where}: validation_data is empty (0 samples)")
         yv = _Targets(
             b, validation_data[1], int(xv.shape[0]), out, loss_obj, "fit (validation)", dtype
         )
@@ -270,89 +292,120 @@ def fit(
     history = History({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n})
     model._fit_loss = loss_obj  # type: ignore[attr-defined]  # evaluate()'s default
     bar_cls = _progress_bar() if progress else None
-    fast = b.fast
-    xp = b.xp
     body = mods[:-1] if fused else mods
     back = list(range(len(body) - 1, first - 1, -1))
-    if fast:
-        xbuf = xp.empty((min(batch_size, n), *X.shape[1:]), dtype=X.dtype)
-    was_training = model.training
-    model.train()
+    xbuf = b.empty((min(batch_size, n), *X.shape[1:]), X.dtype) if b.mutable else None
+    slots = list(model.named_parameter_slots())
+    lock = _fit_lock(model)
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(
+            f"fit: {type(model).__name__} at 0x{id(model):x} is already being trained by "
+            "another fit call; train one model in one thread at a time (or train a copy)"
+        )
     try:
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else None
-            order_b = (
-                b.from_numpy(order.astype(np.int32 if not fast else np.intp))
-                if order is not None
-                else None
-            )
-            loss_sum = 0.0
-            correct_sum = 0
-            seen = 0
-            t0 = time.perf_counter()
-            bar = bar_cls(total=steps, desc=f"Epoch {epoch + 1}/{epochs}") if bar_cls else None
-            for step in range(steps):
-                s, e = step * batch_size, min(n, (step + 1) * batch_size)
-                nb = e - s
-                if order_b is None:
-                    xb, owned = X[s:e, ...], False
-                    yb = T.y[s:e, ...]
-                    cb = T.cls[s:e] if T.cls is not None else None
-                else:
-                    idx = order_b[s:e]
-                    if fast:
-                        xb = xp.take(X, idx, axis=0, out=xbuf[:nb])
-                        yb = T.y[idx]
-                        cb = T.cls[idx] if T.cls is not None else None
+        with fit_context(list(model.modules())):
+            for epoch in range(epochs):
+                order = rng.permutation(n) if shuffle else None
+                order_b = b.index_array(order) if order is not None else None
+                loss_sum = 0.0
+                correct_sum = 0
+                seen = 0
+                t0 = time.perf_counter()
+                bar = bar_cls(total=steps, desc=f"Epoch {epoch + 1}/{epochs}") if bar_cls else None
+                for step in range(steps):
+                    s, e = step * batch_size, min(n, (step + 1) * batch_size)
+                    nb = e - s
+                    if order_b is None:
+                        xb, owned = X[s:e, ...], False
+                        yb = T.y[s:e, ...]
+                        cb = T.cls[s:e] if T.cls is not None else None
                     else:
-                        xb = xp.take(X, idx, axis=0)
-                        yb = xp.take(T.y, idx, axis=0)
-                        cb = xp.take(T.cls, idx, axis=0) if T.cls is not None else None
-                    owned = True
-                h = xb
-                for m in body:
-                    h, owned = m._forward(h, owned, True)
-                correct = _correct(b, h, cb, yb, T.binary)
-                lval, grad = _loss_step(b, loss_obj, fused, h, owned, yb, True)
-                lf = float(lval)
-                if not math.isfinite(lf):
-                    raise NonFiniteLossError(
-                        f"fit: the loss became {lf} at epoch {epoch + 1}, step {step + 1} of "
-                        f"{steps} (samples {s}..{e - 1} of this epoch's order); training "
-                        "stopped and the model keeps the weights of the last good step. "
-                        "Lower the learning rate or check the data for NaN/inf.",
-                        epoch + 1,
-                        step + 1,
-                        history,
+                        idx = order_b[s:e]
+                        xb = b.take_rows(X, idx, xbuf[:nb] if xbuf is not None else None)
+                        yb = b.take_rows(T.y, idx)
+                        cb = b.take_rows(T.cls, idx) if T.cls is not None else None
+                        owned = True
+                    h = xb
+                    for m in body:
+                        h, owned = m._forward(h, owned, True)
+                    correct = _correct(b, h, cb, yb, T.binary)
+                    lval, grad = _loss_step(b, loss_obj, fused, h, owned, yb, True)
+                    lf = float(lval)
+                    where_step = (
+                        f"at epoch {epoch + 1}, step {step + 1} of {steps} (samples {s}..{e - 1} "
+                        "of this epoch's order)"
                     )
-                for i in back:
-                    grad = body[i]._backward(grad, i > first)
-                opt.step(model)
-                loss_sum += lf * nb
-                correct_sum += int(correct)
-                seen += nb
-                if bar is not None and (step % 10 == 9 or step == steps - 1):
-                    dt = time.perf_counter() - t0
-                    bar.set_postfix(
-                        loss=f"{loss_sum / seen:.4f}",
-                        acc=f"{correct_sum / seen:.4f}",
-                        samples_s=f"{seen / dt:,.0f}" if dt > 0 else "-",
-                        refresh=False,
-                    )
-                    bar.update(step + 1 - bar.n)
-            rate = n / max(time.perf_counter() - t0, 1e-9)
-            logs = {"loss": loss_sum / n, "accuracy": correct_sum / n}
-            if val is not None:
-                vres = _evaluate(model, b, val[0], val[1], loss_obj, None)
-                logs["val_loss"], logs["val_accuracy"] = vres["loss"], vres["accuracy"]
-            history._append(epoch, logs)
-            if bar is not None:
-                shown = {k: f"{v:.4f}" for k, v in logs.items()}
-                bar.set_postfix(shown, samples_s=f"{rate:,.0f}", refresh=True)
-                bar.close()
+                    if not math.isfinite(lf):
+                        _non_finite(f"the loss became {lf}", where_step, epoch, step, history)
+                    for i in back:
+                        grad = body[i]._backward(grad, i > first)
+                    bad = [key for key, m, nm in slots if not b.all_finite([m.grads[nm]])]
+                    if bad:
+                        _non_finite(
+                            f"the gradient of {', '.join(bad)} is not finite", where_step,
+                            epoch, step, history,
+                        )  # fmt: skip
+                    saved = [(m, nm, b.copy(m.get_param(nm))) for _, m, nm in slots]
+                    opt.step(model)
+                    bad = [key for key, m, nm in slots if not b.all_finite([m.get_param(nm)])]
+                    if bad:
+                        for m, nm, old in saved:  # back to the weights before this step
+                            m._assign(nm, b.assign(m.get_param(nm), old))
+                        _non_finite(
+                            f"the update made {', '.join(bad)} non-finite", where_step,
+                            epoch, step, history,
+                        )  # fmt: skip
+                    loss_sum += lf * nb
+                    correct_sum += int(correct)
+                    seen += nb
+                    if bar is not None and (step % 10 == 9 or step == steps - 1):
+                        dt = time.perf_counter() - t0
+                        bar.set_postfix(
+                            loss=f"{loss_sum / seen:.4f}",
+                            acc=f"{correct_sum / seen:.4f}",
+                            samples_s=f"{seen / dt:,.0f}" if dt > 0 else "-",
+                            refresh=False,
+                        )
+                        bar.update(step + 1 - bar.n)
+                rate = n / max(time.perf_counter() - t0, 1e-9)
+                logs = {"loss": loss_sum / n, "accuracy": correct_sum / n}
+                if val is not None:
+                    vres = _evaluate(model, b, val[0], val[1], loss_obj, None)
+                    logs["val_loss"], logs["val_accuracy"] = vres["loss"], vres["accuracy"]
+                history._append(epoch, logs)
+                if bar is not None:
+                    shown = {k: f"{v:.4f}" for k, v in logs.items()}
+                    bar.set_postfix(shown, samples_s=f"{rate:,.0f}", refresh=True)
+                    bar.close()
     finally:
-        model.train(was_training)
+        for m in model.modules():
+            if not m.training:
+                m._clear_cache()
+        lock.release()
     return history
+
+
+_locks_guard = threading.Lock()
+
+
+def _fit_lock(model: Module) -> threading.Lock:
+    """The model's training lock (one ``fit`` at a time)."""
+    with _locks_guard:
+        lock = model.__dict__.get("_fit_lock")
+        if lock is None:
+            lock = threading.Lock()
+            model.__dict__["_fit_lock"] = lock
+        return lock  # type: ignore[no-any-return]
+
+
+def _non_finite(what: str, where: str, epoch: int, step: int, history: History) -> None:
+    raise NonFiniteLossError(
+        f"fit: {what} {where}; training stopped and the model keeps the weights from before "
+        "this step. Lower the learning rate or check the data for NaN/inf.",
+        epoch + 1,
+        step + 1,
+        history,
+    )
 
 
 def _progress_bar() -> Any:
@@ -426,8 +479,7 @@ def _evaluate(
     body = mods[:-1] if fused else mods
     n = int(X.shape[0])
     if batch_size is None:
-        width = max([int(X.shape[-1])] + [getattr(m, "out_features", 0) for m in model.modules()])
-        batch_size = max(1, _EVAL_ELEMENTS // max(width, 1))
+        batch_size = max(1, _EVAL_ELEMENTS // max(_widest(model, X), 1))
     total, correct = 0.0, 0
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
@@ -440,3 +492,7 @@ def _evaluate(
         lval, _ = _loss_step(b, loss_obj, fused, h, owned, yb, False)
         total += float(lval) * (e - s)
     return {"loss": total / n, "accuracy": correct / n}
+
+
+SERVICES["fit"] = fit
+SERVICES["evaluate"] = evaluate

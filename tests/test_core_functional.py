@@ -198,12 +198,13 @@ def test_relu_of_wide_rows_matches_maximum_bit_for_bit(backend_name: str, x: np.
 def test_relu_in_place_leaves_the_shared_zero_row_alone() -> None:
     x = -np.ones((2, 40), np.float32)
     b = mf.backend.get("numpy")
-    z = F.zero_row(b, x)
+    z = b.zero_for(x)
     assert z.shape == (40,) and not z.flags.writeable
-    y = F.relu_(b, x, True)
+    y = b.relu(x, inplace=True)
     assert y is x and (x == 0).all()
     y += 5
-    assert (F.zero_row(b, x) == 0).all()
+    assert (b.zero_for(x) == 0).all()
+    assert (mf.functional.relu(-np.ones((3, 40), np.float32)) == 0).all()
 
 
 @given(x=any_finite())

@@ -272,26 +272,6 @@ def test_get_by_name() -> None:
     assert "Adam(lr=0.001" in repr(optim.Adam())
 
 
-@pytest.mark.parametrize("make", [lambda: optim.Adam(0.05), lambda: optim.SGD(0.1, 0.9)])
-def test_split_across_threads_is_bit_identical(monkeypatch: pytest.MonkeyPatch, make) -> None:
-    """The update split into chunks shared by threads gives the bits of one thread."""
-    results = []
-    for threads in ("1", "3"):
-        monkeypatch.setattr(optim, "THREADS", int(threads))
-        monkeypatch.setattr(optim, "MIN_CHUNK", 4)
-        mf.seed(0)
-        model = small_model("numpy")
-        opt = make()
-        for g in grad_sequence(model, 11):
-            set_grads(model, g)
-            opt.step(model)
-        assert opt._flat is not None and opt._flat.workers == int(threads) - 1
-        assert len(opt._flat.chunks) == (1 if threads == "1" else 2 * int(threads))
-        results.append(model.state_dict())
-    for k, v in results[0].items():
-        np.testing.assert_array_equal(v, results[1][k])
-
-
 def test_parameters_replaced_between_steps_are_picked_up() -> None:
     """set_param / load_state_dict between steps: the optimizer notices and keeps its state."""
     gseq = grad_sequence(small_model("numpy"), 5)
@@ -347,24 +327,3 @@ def test_mixed_dtypes_update_per_parameter(make, ref) -> None:
         expect = ref(p0[key], [g[key].astype(v.dtype) for g in gseq])
         tol = 5e-6 if v.dtype == np.float32 else 1e-12
         np.testing.assert_allclose(v, expect, rtol=tol, atol=tol)
-
-
-def test_task_runs_every_chunk_once_and_reraises() -> None:
-    seen: list[int] = []
-    task = optim._Task(seen.append, 7)
-    pool = optim._get_pool(2)
-    for _ in range(2):
-        pool.submit(task.work)
-    task.work()
-    task.wait()
-    assert sorted(seen) == list(range(7))
-
-    def boom(i: int) -> None:
-        if i == 3:
-            raise ValueError("chunk 3 failed")
-
-    task = optim._Task(boom, 5)
-    pool.submit(task.work)
-    task.work()
-    with pytest.raises(ValueError, match="chunk 3"):
-        task.wait()

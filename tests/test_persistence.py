@@ -209,12 +209,12 @@ def test_save_refuses_unknown_modules(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="register"):
         mf.Sequential(mf.Dense(2, 2), Custom()).save(tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()
-    persistence.register_layer(Custom)
+    mf.register_layer(Custom)
     try:
         mf.Sequential(mf.Dense(2, 2), Custom()).save(tmp_path / "m.npz")
         assert isinstance(mf.load(tmp_path / "m.npz")[1], Custom)
     finally:
-        persistence._CUSTOM_LAYERS.pop("Custom")
+        mf.layers.module.LAYERS.pop("Custom")
 
 
 # -- bad files ---------------------------------------------------------------------------------

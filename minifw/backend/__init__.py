@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -177,6 +178,9 @@ def backend_of(x: Any) -> Backend | None:
     if name is None:
         return None
     return get(name)
+
+
+Backend.registry = sys.modules[__name__]
 
 
 def _reset_for_tests() -> None:

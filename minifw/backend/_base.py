@@ -6,43 +6,33 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BackendError
+from ._ops import Ops
+
 _FLOAT_DTYPES = ("float32", "float64")
 
 
-class Backend:
-    """One array engine.
+class Backend(Ops):
+    """One array engine: its Array API namespace ``xp``, its conversions, and the array
+    operations that layers, losses, optimizers and the inference plan call.
 
-    ``xp`` is the engine's Array API namespace. ``fast`` is true for engines whose
-    namespace is NumPy-like with ufuncs that accept ``out=`` (NumPy, CuPy): layers use
-    in-place operations there and the portable Array API path everywhere else.
-    Subclasses (one small module per engine) override the conversions.
+    Every operation here is written once on the Array API standard (:class:`~._ops.Ops`),
+    so it runs on any engine; an engine's module overrides what it does faster (NumPy's
+    in-place ufuncs and fused-bias GEMM, CuPy's kernels, torch's ``addmm``, JAX's ``jit``).
+    Subclasses (one small module per engine) also override the conversions.
     """
 
     name: str = ""
-    fast: bool = False
+    #: a lazy engine (dask): results are graphs, computed on demand
     lazy: bool = False
+    #: the registry (``minifw.backend``), which sets itself here when it is imported: it
+    #: finds the engine of a foreign array and unpickles backends by name
+    registry: Any = None
 
     def __init__(self, xp: Any, version: str) -> None:
         self.xp = xp
         self.version = version
         self._dtypes = {n: getattr(xp, n) for n in _FLOAT_DTYPES}
-        self._consts: dict[Any, tuple[Any, Any, Any]] = {}
-
-    def consts(self, dtype: Any) -> tuple[Any, Any, Any]:
-        """``(0.5, 1.0, 0.0)`` as 0-d arrays of ``dtype`` (fast path only).
-
-        Ufuncs with a 0-d array of the right dtype run about twice as fast as with a
-        Python float on small arrays, and never change the result's dtype.
-        """
-        c = self._consts.get(dtype)
-        if c is None:
-            xp = self.xp
-            c = self._consts[dtype] = (
-                xp.asarray(0.5, dtype=dtype),
-                xp.asarray(1.0, dtype=dtype),
-                xp.asarray(0.0, dtype=dtype),
-            )
-        return c
 
     # -- dtypes ---------------------------------------------------------------
     def dtype(self, name: str) -> Any:
@@ -76,9 +66,7 @@ class Backend:
         integer and boolean inputs to float32. Foreign arrays are converted once, here.
         """
         if not self.is_native(x):
-            from . import backend_of  # local: avoids an import cycle
-
-            other = backend_of(x)
+            other = Backend.registry.backend_of(x)
             if other is not None and other is not self:
                 x = self._from_foreign(x, other)
                 if self.is_native(x):  # came over by DLPack: only the dtype is left to do
@@ -113,13 +101,11 @@ class Backend:
             except Exception:  # another device, needs grad, unsupported dtype: use NumPy
                 pass
             else:
-                # fast engines write into arrays they own: never into the other engine's
-                return y.copy() if self.fast else y
+                # engines that write in place must never write into the other engine's array
+                return self.copy(y) if self.mutable else y
         try:
             return other.to_numpy(x)
         except Exception as e:
-            from ..errors import BackendError
-
             raise BackendError(
                 f"cannot convert a {other.name} array ({type(x).__name__}, shape "
                 f"{tuple(getattr(x, 'shape', ()))}) to backend {self.name!r}: "
@@ -129,7 +115,7 @@ class Backend:
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         # Pickled (and deep-copied) by name: a model sent to a worker process finds the
         # same engine there. Backends are singletons per process.
-        return (_by_name, (self.name,))
+        return (Backend.registry.get, (self.name,))
 
     def _default_dtype_for(self, x: Any) -> str:
         name = self.dtype_name(x)
@@ -145,9 +131,3 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<minifw backend {self.name!r} ({self.version})>"
-
-
-def _by_name(name: str) -> Backend:
-    from . import get
-
-    return get(name)

@@ -34,6 +34,11 @@ class JaxBackend(Backend):
     def is_native(self, x: Any) -> bool:
         return isinstance(x, self._Array)
 
+    def compile(self, fn: Any) -> Any:
+        """``jax.jit(fn)``: the inference plan's whole forward as one XLA computation
+        (retraced once per input shape and dtype)."""
+        return self._jax.jit(fn)
+
     def asarray(self, x: Any, dtype: str | None = None) -> Any:
         if dtype == "float64" and not self._x64():
             raise BackendError(

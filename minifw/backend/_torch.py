@@ -16,7 +16,12 @@ from ._base import Backend
 
 
 class TorchBackend(Backend):
+    """torch tensors; ``linear`` is one ``torch.addmm`` (bias inside the GEMM) into the
+    plan's buffer, activations run in place (``sigmoid_``, ``relu_``, ``tanh_``), softmax is
+    ``torch.softmax``. Tensors here never require grad, so no autograd graph is built."""
+
     name = "torch"
+    mutable = True
 
     def __init__(self, xp: Any, version: str, torch: Any) -> None:
         super().__init__(xp, version)
@@ -29,6 +34,33 @@ class TorchBackend(Backend):
 
     def is_native(self, x: Any) -> bool:
         return isinstance(x, self._Tensor)
+
+    # -- operations --------------------------------------------------------------------
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self._torch.empty(shape, dtype=dtype, device=self.device)
+
+    def linear(self, x: Any, w: Any, b: Any = None, out: Any = None, act: str | None = None) -> Any:
+        torch = self._torch
+        if b is not None and x.ndim == 2:
+            y = torch.addmm(b, x, w) if out is None else torch.addmm(b, x, w, out=out)
+        else:
+            y = torch.matmul(x, w) if out is None else torch.matmul(x, w, out=out)
+            if b is not None:
+                y += b
+        return self.activate(act, y, True) if act is not None else y
+
+    def sigmoid(self, x: Any, inplace: bool = False) -> Any:
+        return x.sigmoid_() if inplace else self._torch.sigmoid(x)
+
+    def relu(self, x: Any, inplace: bool = False) -> Any:
+        return x.relu_() if inplace else self._torch.relu(x)
+
+    def tanh(self, x: Any, inplace: bool = False) -> Any:
+        return x.tanh_() if inplace else self._torch.tanh(x)
+
+    def softmax(self, x: Any, inplace: bool = False, axis: int = -1) -> Any:
+        y = self._torch.softmax(x, dim=axis)
+        return x.copy_(y) if inplace else y
 
     def asarray(self, x: Any, dtype: str | None = None) -> Any:
         if isinstance(x, self._Tensor):

@@ -1,9 +1,10 @@
-"""Layers: one module per kind, forward beside backward."""
+"""Layers: one file per kind, forward beside backward; each registers itself for
+``minifw.load`` when its class is defined."""
 
 from .activations import Identity, ReLU, Sigmoid, Softmax, Step, Tanh
 from .dense import Dense
 from .flatten import Flatten
-from .module import Module
+from .module import Module, register_layer
 from .sequential import Sequential
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "Softmax",
     "Step",
     "Tanh",
+    "register_layer",
 ]

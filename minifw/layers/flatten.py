@@ -10,9 +10,10 @@ from .module import Module
 
 
 class Flatten(Module):
-    """Flatten every axis after the first (the batch axis), as Keras and PyTorch do.
+    """Flatten every axis after the first (the batch axis), as Keras and PyTorch do, in C
+    order (as the book's ``Affine`` does): ``(N, C, H, W)`` -> ``(N, C*H*W)``.
 
-    A 1-D input is returned unchanged. Backward reshapes the gradient back.
+    A 1-D or 2-D input is returned unchanged. Backward reshapes the gradient back.
     """
 
     def __init__(self) -> None:
@@ -27,7 +28,7 @@ class Flatten(Module):
             self._shape = shape
         if len(shape) <= 2:
             return x, owned
-        return self.backend.xp.reshape(x, (shape[0], math.prod(shape[1:]))), owned
+        return self.xp.reshape(x, (shape[0], math.prod(shape[1:]))), owned
 
     def _backward(self, grad: Any, need_input_grad: bool) -> Any:
         shape = self._need_cache(self._shape)
@@ -36,12 +37,12 @@ class Flatten(Module):
                 f"{self._where()}: backward gradient {tuple(grad.shape)} does not match the "
                 f"forward input {shape}"
             )
-        return self.backend.xp.reshape(grad, shape)
+        return self.xp.reshape(grad, shape)
 
     def _clear_cache(self) -> None:
         self._shape = None
 
-    def _out_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    def output_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         if len(shape) <= 2:
             return shape
         rest = shape[1:]

@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _fast
 from .. import backend as _backend
 from ..errors import BackendError
-from .module import Module
+from .module import SERVICES, Module
 
 
 class Sequential(Module):
@@ -21,13 +20,13 @@ class Sequential(Module):
     (784, 50)
     """
 
-    _transient = ("_plan",)  # the fast path's compiled plan (minifw._fast), rebuilt on use
+    _transient = ("_plan",)  # the inference plan (minifw.plan), rebuilt on use
 
     def __init__(self, *modules: Module) -> None:
         super().__init__()
         self._modules: list[Module] = []
         self._dtype_cache: str | None = None
-        self._plan: Any = None  # minifw._fast.Plan, False (none applies) or None (not built)
+        self._plan: Any = None  # minifw.plan.Plan, or None (not built yet)
         for m in modules:
             self.append(m)
 
@@ -70,10 +69,10 @@ class Sequential(Module):
             if isinstance(m, Sequential):
                 m._relabel()
             for sub in m.modules():  # parameter-free modules adopt the model's backend
-                if not sub.param_names:
+                if not sub.param_names and not sub.buffer_names:
                     sub.backend = b
         self.backend = b
-        self._plan = None  # structure or backend changed: rebuild the fast plan on next use
+        self._plan = None  # structure or backend changed: rebuild the plan on next use
         self._dtype_cache = next((m.dtype for m in self._modules if m.dtype is not None), None)
 
     def __getitem__(self, i: int) -> Module:
@@ -107,6 +106,10 @@ class Sequential(Module):
         for i, m in enumerate(self._modules):
             yield from m.named_parameter_slots(f"{prefix}{i}.")
 
+    def named_state_slots(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
+        for i, m in enumerate(self._modules):
+            yield from m.named_state_slots(f"{prefix}{i}.")
+
     @property
     def dtype(self) -> str | None:
         return self._dtype_cache
@@ -118,36 +121,28 @@ class Sequential(Module):
 
     # -- forward / backward --------------------------------------------------------------
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
+        if not train:
+            y = self._infer(x)
+            if y is not None:
+                return y, True
         for m in self._modules:
             x, owned = m._forward(x, owned, train)
         return x, owned
 
-    def _fast_plan(self) -> Any:
+    def _infer(self, x: Any, max_rows: int | None = None) -> Any:
+        """Eval-mode forward of a native array through the inference plan (a new array),
+        or ``None`` where the plan does not take this input (the layers then run, and raise
+        the proper error for a wrong shape)."""
         plan = self._plan
         if plan is None:
-            plan = self._plan = _fast.compile_plan(self) or False
-        return plan
+            plan = self._plan = SERVICES["compile_plan"](self)
+        return plan.run(x, max_rows)
 
     def __call__(self, x: Any) -> Any:
         """Convert ``x`` to the model's backend and dtype (once), then run the forward pass
-        (in eval mode on NumPy/CuPy through the fused fast path of ``minifw._fast``)."""
+        (in eval mode through the inference plan, ``minifw.plan``)."""
         xb = self._b.asarray(x, self._dtype_cache)
-        if not self.training:
-            plan = self._plan or self._fast_plan()
-            if plan:
-                y = plan.run(xb)
-                if y is not None:
-                    return y
         return self._forward(xb, xb is not x, self.training)[0]
-
-    def _infer(self, xb: Any, owned: bool, max_rows: int | None = None) -> tuple[Any, bool]:
-        """Eval-mode forward of a native array: the fast plan where it applies."""
-        plan = self._plan or self._fast_plan()
-        if plan:
-            y = plan.run(xb, max_rows)
-            if y is not None:
-                return y, True
-        return self._forward(xb, owned, False)
 
     def _backward(self, grad: Any, need_input_grad: bool) -> Any:
         mods = self._modules
@@ -157,13 +152,13 @@ class Sequential(Module):
 
     # -- inference -------------------------------------------------------------------------
     def predict(self, x: Any, batch_size: int | None = None) -> Any:
-        """Forward pass in inference mode, in batches of ``batch_size`` along axis 0.
+        """Forward pass in inference mode, in batches of at most ``batch_size`` rows.
 
         Returns a NumPy array that belongs to the caller (later calls never overwrite
         it); for a lazy engine such as dask, a lazy array of that engine. Safe to call
-        from several threads at once. ``batch_size=None`` runs one batch. A dask array
-        ``x`` gives a lazy dask result whatever the model's backend (chunks mapped over
-        with a NumPy copy of the model; see ``minifw.backend._dask``).
+        from several threads at once. ``batch_size=None`` lets the plan choose. A dask
+        array ``x`` gives a lazy dask result whatever the model's backend (chunks mapped
+        over with a NumPy copy of the model; see ``minifw.backend._dask``).
         """
         if batch_size is not None and (
             isinstance(batch_size, bool)
@@ -173,75 +168,30 @@ class Sequential(Module):
             raise ValueError(
                 f"predict: batch_size must be a positive int or None, got {batch_size!r}"
             )
-        b = self.backend
+        b = self._b
         if b.lazy:
             return b.predict(self, x, batch_size)  # type: ignore[attr-defined]
         if type(x) is not np.ndarray:
             xb_owner = _backend.backend_of(x)
             if xb_owner is not None and xb_owner.lazy:  # a dask array: a lazy result
                 return xb_owner.predict(self, x, batch_size)  # type: ignore[attr-defined]
-        xb = b.asarray(x, self.dtype)
-        owned = xb is not x
-        n = xb.shape[0] if len(xb.shape) >= 2 else 1
-        if b.name == "numpy" and len(xb.shape) == 2:
-            # the fast plan works through the rows itself, in chunks of at most batch_size,
-            # and returns a new array
-            plan = self._plan or self._fast_plan()
-            y = plan.run(xb, batch_size) if plan else None
-            if y is not None:
-                return y
-        if batch_size is None or batch_size >= n or len(xb.shape) < 2:
-            y, y_owned = self._infer(xb, owned)
-            res = b.to_numpy(y)
-            return res if (y_owned or res is not y) and not _aliases(res, x) else res.copy()
-        out: np.ndarray | None = None
-        for start in range(0, n, batch_size):
-            y, _ = self._infer(xb[start : min(start + batch_size, n), ...], False)
-            yn = b.to_numpy(y)
-            if out is None:
-                out = np.empty((n,) + yn.shape[1:], dtype=yn.dtype)
-            out[start : start + yn.shape[0]] = yn
-        return out
+        xb = b.asarray(x, self._dtype_cache)
+        y = self._infer(xb, batch_size)
+        if y is None:
+            y = self._forward(xb, xb is not x, False)[0]
+        res = b.to_numpy(y)
+        return res.copy() if _aliases(res, x) else res
 
     # -- training (minifw/training.py does the work) ---------------------------------------
-    def fit(
-        self,
-        x: Any,
-        y: Any,
-        *,
-        loss: Any = "cross_entropy",
-        optimizer: Any = None,
-        epochs: int = 1,
-        batch_size: int = 32,
-        shuffle: bool = True,
-        seed: int | None = None,
-        validation_data: tuple[Any, Any] | None = None,
-        progress: bool = True,
-    ) -> Any:
-        """Train on ``(x, y)``; returns a ``History`` (see :func:`minifw.training.fit`)."""
-        from ..training import fit
+    def fit(self, x: Any, y: Any, **kwargs: Any) -> Any:
+        """Train on ``(x, y)``; returns a ``History``. The keyword arguments are those of
+        :func:`minifw.training.fit` (``loss``, ``optimizer``, ``epochs``, ``batch_size``,
+        ``shuffle``, ``seed``, ``validation_data``, ``progress``)."""
+        return SERVICES["fit"](self, x, y, **kwargs)
 
-        return fit(
-            self,
-            x,
-            y,
-            loss=loss,
-            optimizer=optimizer,
-            epochs=epochs,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            validation_data=validation_data,
-            progress=progress,
-        )
-
-    def evaluate(
-        self, x: Any, y: Any, batch_size: int | None = None, *, loss: Any = None
-    ) -> dict[str, float]:
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
         """``{"loss": ..., "accuracy": ...}`` on ``(x, y)`` (see :func:`minifw.training.evaluate`)."""
-        from ..training import evaluate
-
-        return evaluate(self, x, y, batch_size, loss=loss)
+        return SERVICES["evaluate"](self, x, y, batch_size, **kwargs)
 
     # -- description -----------------------------------------------------------------------
     def summary(
@@ -252,16 +202,18 @@ class Sequential(Module):
         """Print (with ``print_fn``, default ``print``) and return a table of layers,
         output shapes and parameter counts, with the total.
 
-        ``input_shape`` excludes the batch axis; by default it is taken from the first Dense.
+        ``input_shape`` excludes the batch axis; by default it is taken from the first
+        layer that declares its input size (``Dense``'s ``in_features``).
         """
         if input_shape is None:
-            first = next((m for m in self.modules() if hasattr(m, "in_features")), None)
-            shape: tuple[int | None, ...] = (None, first.in_features) if first else (None,)
+            shape: tuple[int | None, ...] = next(
+                (s for m in self.modules() if (s := m.input_shape()) is not None), (None,)
+            )
         else:
             shape = (None, *input_shape)
         rows = []
         for i, m in enumerate(self._modules):
-            shape = m._out_shape(shape)
+            shape = m.output_shape(shape)
             shown = "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
             rows.append((str(i), type(m).__name__ + _arrow(m), shown, f"{m.num_parameters():,}"))
         head = ("#", "Layer", "Output shape", "Params")
@@ -282,9 +234,9 @@ class Sequential(Module):
         (print_fn or print)(text)
         return text
 
-    def _out_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    def output_shape(self, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         for m in self._modules:
-            shape = m._out_shape(shape)
+            shape = m.output_shape(shape)
         return shape
 
     def __repr__(self) -> str:
@@ -297,9 +249,9 @@ class Sequential(Module):
 
 
 def _arrow(m: Module) -> str:
-    if hasattr(m, "in_features") and hasattr(m, "out_features"):
-        return f" {m.in_features}→{m.out_features}"
-    return ""
+    d = m._describe()
+    name = type(m).__name__
+    return d[len(name) :] if d.startswith(name) and d != name else ""
 
 
 def _param_backend_of(m: Module) -> Any:

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from typing import Any
 
 import numpy as np
+
+from .._util import Once
+from ..errors import BackendError
 
 #: Smallest output (rows x columns) for which :func:`addmm` is worth its call overhead.
 MIN_ELEMS = 1 << 16
 
 _ROW_MAJOR, _NO_TRANS = 101, 111
-_lock = threading.Lock()
-_funcs: dict[Any, Any] | None = None  # dtype -> ctypes function; {} when unavailable
 
 
 def _numpy_openblas() -> str | None:
@@ -121,26 +121,25 @@ def _wanted() -> bool:
         return True
     if env == "0":
         return False
-    from .errors import BackendError
-
     raise BackendError(f"MINIFW_FUSED_GEMM={env!r}: use 0 (matmul + add) or 1 (the default)")
+
+
+def _build() -> dict[Any, Any]:
+    if not _wanted():
+        return {}
+    try:
+        return _load()
+    except Exception:  # an unexpected library: matmul + add it is
+        return {}
+
+
+_funcs = Once(_build)
 
 
 def funcs() -> dict[Any, Any]:
     """dtype -> GEMM of NumPy's OpenBLAS, looked up once (``{}``: not available, or turned
     off with ``MINIFW_FUSED_GEMM=0``, read at the first lookup)."""
-    global _funcs
-    if _funcs is None:
-        with _lock:
-            if _funcs is None:
-                if not _wanted():
-                    _funcs = {}
-                    return _funcs
-                try:
-                    _funcs = _load()
-                except Exception:  # an unexpected library: matmul + add it is
-                    _funcs = {}
-    return _funcs
+    return _funcs.get()
 
 
 def addmm(x: Any, w: Any, out: Any, alpha: float = 1.0, fill: Any = None) -> bool:
@@ -148,7 +147,7 @@ def addmm(x: Any, w: Any, out: Any, alpha: float = 1.0, fill: Any = None) -> boo
     holding the bias (broadcast over its rows): ``fill``, when given, is written into ``out``
     first. ``False`` (nothing written) where this BLAS call does not apply: the caller then
     uses ``matmul``."""
-    f = (_funcs if _funcs is not None else funcs()).get(out.dtype)
+    f = _funcs.get().get(out.dtype)
     if f is None or x.dtype != out.dtype or w.dtype != out.dtype:
         return False
     item = out.itemsize

@@ -1,0 +1,269 @@
+"""The operations in place, for engines with NumPy's ufuncs (``out=``): NumPy and CuPy.
+
+Each override gives the values of the generic version in :mod:`._ops` (within rounding:
+``sigmoid`` here lets ``exp`` overflow to ``inf``, for the exact limit 0, where the generic
+version clamps) and writes into arrays the caller owns instead of allocating.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._base import Backend
+from ._ops import SCRATCH
+
+
+class UfuncBackend(Backend):
+    """NumPy-like engines: ufuncs with ``out=``, views that write through, array methods."""
+
+    mutable = True
+
+    def __init__(self, xp: Any, version: str) -> None:
+        super().__init__(xp, version)
+        # ufuncs with a 0-d array of the right dtype run about twice as fast as with a
+        # Python float on small arrays, and never change the result's dtype
+        self._ones = {d: xp.asarray(1.0, dtype=d) for d in (np.float32, np.float64)}
+        self._zeros = {d: xp.asarray(0.0, dtype=d) for d in (np.float32, np.float64)}
+
+    def one(self, dtype: Any) -> Any:
+        """1 as a 0-d array of ``dtype``."""
+        return self._ones[np.dtype(dtype).type]
+
+    def zero_for(self, x: Any) -> Any:
+        """What :meth:`relu` compares ``x`` with (a 0-d zero; NumPy uses a row)."""
+        return self._zeros[x.dtype.type]
+
+    # -- dense -------------------------------------------------------------------------
+    def linear(self, x: Any, w: Any, b: Any = None, out: Any = None, act: str | None = None) -> Any:
+        y = self.xp.matmul(x, w, out=out)
+        if act == "sigmoid":  # -(xW + b) in one pass: (-b) - xW, the same bits
+            if b is not None:
+                self.xp.subtract(-b, y, out=y)
+            else:
+                self.xp.negative(y, out=y)
+            return self._sigmoid_of_negated(y)
+        if b is not None:
+            y += b
+        return self.activate(act, y, True) if act is not None else y
+
+    def linear_backward(
+        self, x: Any, w: Any, g: Any, grads: dict[str, Any], bias: bool, need_dx: bool
+    ) -> Any:
+        xp = self.xp
+        n_in, n_out = w.shape
+        x2 = x.reshape(-1, n_in)
+        g2 = g.reshape(-1, n_out)
+        dw = grads.get("weight")
+        if dw is None or dw.dtype != x2.dtype or dw.shape != w.shape:
+            dw = grads["weight"] = xp.empty_like(w)
+        xp.matmul(x2.T, g2, out=dw)
+        if bias:
+            db = grads.get("bias")
+            if db is None or db.dtype != x2.dtype or db.shape != (n_out,):
+                db = grads["bias"] = xp.empty(n_out, dtype=w.dtype)
+            xp.sum(g2, axis=0, out=db)
+        return g @ w.T if need_dx else None
+
+    # -- activations -------------------------------------------------------------------
+    def _sigmoid_of_negated(self, y: Any) -> Any:
+        """``1 / (1 + exp(y))`` in place: the sigmoid of ``-y``."""
+        xp = self.xp
+        one = self.one(y.dtype)
+        with np.errstate(over="ignore"):  # exp(89.) is inf in float32: 1 / (1 + inf) = 0
+            xp.exp(y, out=y)
+        xp.add(y, one, out=y)
+        xp.divide(one, y, out=y)
+        return y
+
+    def sigmoid(self, x: Any, inplace: bool = False) -> Any:
+        # 1 / (1 + exp(-x)): one exp per element, about twice as fast on the CPU as the
+        # tanh form, and more accurate for negative x (no 1 - 1 cancellation)
+        return self._sigmoid_of_negated(self.xp.negative(x, out=x if inplace else None))
+
+    def relu(self, x: Any, inplace: bool = False) -> Any:
+        return self.xp.maximum(x, self.zero_for(x), out=x if inplace else None)
+
+    def tanh(self, x: Any, inplace: bool = False) -> Any:
+        return self.xp.tanh(x, out=x if inplace else None)
+
+    def softmax(self, x: Any, inplace: bool = False, axis: int = -1) -> Any:
+        xp = self.xp
+        # methods: cheaper than the np.max / np.sum wrappers on small arrays
+        y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=x if inplace else None)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        return y
+
+    def sigmoid_backward(self, y: Any, g: Any) -> Any:
+        dx = 1.0 - y
+        dx *= y
+        dx *= g
+        return dx
+
+    def tanh_backward(self, y: Any, g: Any) -> Any:
+        dx = y * y
+        self.xp.subtract(1.0, dx, out=dx)
+        dx *= g
+        return dx
+
+    def relu_backward(self, y: Any, g: Any) -> Any:
+        return self.xp.multiply(g, y > 0)  # a multiply by the mask: 4-5x faster than where()
+
+    def softmax_backward(self, y: Any, g: Any, axis: int = -1) -> Any:
+        xp = self.xp
+        yg = y * g
+        dx = xp.multiply(y, xp.sum(yg, axis=axis, keepdims=True))
+        xp.subtract(yg, dx, out=dx)
+        return dx
+
+    # -- losses ------------------------------------------------------------------------
+    def is_index(self, target: Any) -> bool:
+        return len(target.shape) == 1 and target.dtype.kind in "iu"  # isdtype is slow
+
+    def softmax_cross_entropy(
+        self, z: Any, target: Any, owned: bool = False, need_grad: bool = True
+    ) -> tuple[Any, Any]:
+        xp = self.xp
+        n = z.shape[0]
+        index = self.is_index(target)
+        # shifted logits s = z - max; loss_i = log(sum(exp(s_i))) - s_i[t_i]
+        s = xp.subtract(z, z.max(axis=1, keepdims=True), out=z if owned else None)
+        if index:
+            if s.flags.c_contiguous:  # (row, target) pairs as flat indices: cheaper
+                sel: Any = xp.arange(0, n * s.shape[1], s.shape[1]) + target
+                s_sel = s.reshape(-1)
+            else:
+                sel, s_sel = (xp.arange(n), target), s
+            picked = s_sel[sel]
+        else:
+            picked = (s * target).sum(axis=1)  # sum_j t_ij s_ij (rows of t sum to 1)
+        xp.exp(s, out=s)  # s now holds exp(shifted logits)
+        tot = s.sum(axis=1, keepdims=True)
+        loss = (xp.log(tot).sum() - picked.sum()) / n
+        if not need_grad:
+            return loss, None
+        s /= tot  # p
+        if index:
+            s_sel[sel] -= 1.0
+        else:
+            s -= target
+        s *= 1.0 / n
+        return loss, s
+
+    # -- training helpers --------------------------------------------------------------
+    def take_rows(self, a: Any, idx: Any, out: Any = None) -> Any:
+        return self.xp.take(a, idx, axis=0, out=out)
+
+    def index_array(self, idx: Any) -> Any:
+        return self.from_numpy(idx.astype(np.intp))
+
+    def count_equal(self, a: Any, b: Any) -> Any:
+        return self.xp.count_nonzero(a == b)
+
+    def all_finite(self, arrays: list[Any]) -> bool:
+        xp = self.xp
+        return all(bool(xp.isfinite(a).all()) for a in arrays)
+
+    def copy(self, a: Any) -> Any:
+        return a.copy()
+
+    def assign(self, dst: Any, src: Any) -> Any:
+        dst[...] = src
+        return dst
+
+    # -- optimizers (in place; ``st`` buffers kept from step to step) ------------------
+    def sgd_update(
+        self,
+        p: Any,
+        g: Any,
+        st: dict[str, Any],
+        lr: float,
+        momentum: float,
+        nesterov: bool,
+        weight_decay: float,
+    ) -> Any:
+        xp = self.xp
+        tmp = self._scratch(st, p)
+        if weight_decay:
+            xp.multiply(p, weight_decay, out=tmp)
+            tmp += g
+            g = tmp
+        if momentum:
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = g.copy()
+            else:
+                buf *= momentum
+                buf += g
+            if nesterov:  # p -= lr * (g + mu * buf), in two passes through tmp
+                xp.multiply(g, lr, out=tmp)
+                p -= tmp
+                xp.multiply(buf, lr * momentum, out=tmp)
+                p -= tmp
+                return p
+            g = buf
+        xp.multiply(g, lr, out=tmp)
+        p -= tmp
+        return p
+
+    def adam_update(
+        self,
+        p: Any,
+        g: Any,
+        st: dict[str, Any],
+        lr: float,
+        betas: tuple[float, float],
+        weight_decay: float,
+        decoupled: bool,
+        step_size: float,
+        eps_hat: float,
+    ) -> Any:
+        xp = self.xp
+        b1, b2 = betas
+        tmp = self._scratch(st, p)
+        if weight_decay:
+            if decoupled:
+                p *= 1.0 - lr * weight_decay
+            else:
+                xp.multiply(p, weight_decay, out=tmp)
+                tmp += g
+                g = tmp.copy()
+        m = st.get("exp_avg")
+        if m is None:
+            m = st["exp_avg"] = xp.zeros_like(p)
+            v = st["exp_avg_sq"] = xp.zeros_like(p)
+        else:
+            v = st["exp_avg_sq"]
+        # m = b1 m + (1 - b1) g  ==  b1 (m - g) + g
+        m -= g
+        m *= b1
+        m += g
+        # v = b2 v + (1 - b2) g^2  ==  b2 (v - g^2) + g^2
+        xp.multiply(g, g, out=tmp)
+        v -= tmp
+        v *= b2
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp += eps_hat
+        xp.divide(m, tmp, out=tmp)
+        tmp *= step_size
+        p -= tmp
+        return p
+
+    def _scratch(self, st: dict[str, Any], p: Any) -> Any:
+        """A temporary of ``p``'s shape kept with the optimizer state (not saved with it)."""
+        tmp = st.get(SCRATCH)
+        if tmp is None or tmp.shape != p.shape or tmp.dtype != p.dtype:
+            tmp = st[SCRATCH] = self.xp.empty_like(p)
+        return tmp
+
+    def flat_views(self, shapes: list[tuple[int, ...]], dtype: Any) -> tuple[Any, list[Any]] | None:
+        sizes = [int(np.prod(s)) for s in shapes]
+        flat = self.xp.zeros(sum(sizes), dtype=dtype)
+        views, off = [], 0
+        for shape, size in zip(shapes, sizes, strict=True):
+            views.append(flat[off : off + size].reshape(shape))
+            off += size
+        return flat, views
