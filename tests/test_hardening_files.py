@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 import minifw as mf
 from minifw import cli, persistence
 from minifw._atomic import atomic_write
-from minifw.datasets import write_idx
+from minifw.datasets import read_idx, write_idx
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -54,14 +54,16 @@ def idx_bytes(a: np.ndarray) -> bytes:
     return head + a.astype(a.dtype.newbyteorder(">")).tobytes()
 
 
-def gzip_stream(path: Path, head: bytes, zeros: int) -> int:
-    """A gzip file of ``head`` then ``zeros`` zero bytes, built in 1 MiB pieces; its size."""
+def gzip_stream(path: Path, head: bytes, n: int, noise: bool = False) -> int:
+    """A gzip file of ``head`` then ``n`` zero (or random) bytes, built in 1 MiB pieces;
+    returns its size."""
+    rng = np.random.default_rng(0)
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as g:
         g.write(head)
-        block = bytes(1 << 20)
-        while zeros > 0:
-            g.write(block[: min(zeros, len(block))])
-            zeros -= len(block)
+        while n > 0:
+            k = min(n, 1 << 20)
+            g.write(rng.bytes(k) if noise else bytes(k))
+            n -= k
     return path.stat().st_size
 
 
@@ -337,3 +339,119 @@ def test_a_hard_link_is_broken_by_the_rename(tmp_path: Path) -> None:
 
 def test_the_docstring_mentions_hard_links() -> None:
     assert "hard link" in (atomic_write.__doc__ or "")
+
+
+# -- 3. read_idx: bombs, exact payloads, dimensions -------------------------------------------
+
+
+def test_gzip_bomb_is_refused_before_allocating(tmp_path: Path) -> None:
+    """~100 KB of gzip declaring 2**32 bytes (more than 1032x the file): refused at once."""
+    p = tmp_path / "bomb.gz"
+    size = gzip_stream(p, b"\x00\x00\x08\x02" + struct.pack(">2I", 2**31, 2), 100 << 20)
+    assert size < 200_000
+    err, peak = peak_of(lambda: read_idx(p))
+    assert isinstance(err, mf.FormatError), err
+    assert str(p) in str(err) and "4294967296 bytes" in str(err)
+    assert peak < 5 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_gzip_short_of_its_header_uses_one_array(tmp_path: Path) -> None:
+    """Within the deflate bound (16 MiB declared, 8 MiB of incompressible bytes present):
+    an error after reading, with about the declared array allocated, not twice it."""
+    p = tmp_path / "short.gz"
+    gzip_stream(p, b"\x00\x00\x08\x01" + struct.pack(">I", 16 << 20), 8 << 20, noise=True)
+    err, peak = peak_of(lambda: read_idx(p))
+    assert isinstance(err, mf.FormatError) and "truncated" in str(err) and str(p) in str(err)
+    assert "payload has 8388608 bytes" in str(err)
+    assert peak < (16 << 20) + (2 << 20), f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_gzip_of_zeros_short_of_its_header_is_refused_at_once(tmp_path: Path) -> None:
+    """16 MiB declared, 8 MiB of zeros: the ~8 KB file cannot hold 16 MiB; nothing is read."""
+    p = tmp_path / "zeros.gz"
+    gzip_stream(p, b"\x00\x00\x08\x01" + struct.pack(">I", 16 << 20), 8 << 20)
+    err, peak = peak_of(lambda: read_idx(p))
+    assert isinstance(err, mf.FormatError) and "holds at most" in str(err)
+    assert peak < 1 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_gzip_longer_than_its_header_stops_early(tmp_path: Path) -> None:
+    """1 KiB declared, 200 MiB of zeros behind it: stops after the first extra byte."""
+    p = tmp_path / "long.gz"
+    gzip_stream(p, b"\x00\x00\x08\x01" + struct.pack(">I", 1024), 200 << 20)
+    err, peak = peak_of(lambda: read_idx(p))
+    assert isinstance(err, mf.FormatError) and "oversized" in str(err) and str(p) in str(err)
+    assert peak < 5 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_raw_file_declaring_more_than_it_holds(tmp_path: Path) -> None:
+    p = tmp_path / "raw.idx"
+    p.write_bytes(b"\x00\x00\x0e\x02" + struct.pack(">2I", 2**31, 2**31) + bytes(64))
+    err, peak = peak_of(lambda: read_idx(p))
+    assert isinstance(err, mf.FormatError) and str(p) in str(err)
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("ndim", [65, 100, 255])
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_too_many_dimensions(tmp_path: Path, ndim: int, gz: bool) -> None:
+    data = bytes([0, 0, 8, ndim]) + b"\x00\x00\x00\x01" * ndim + b"\x07"
+    p = tmp_path / "many.idx"
+    p.write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(mf.FormatError, match="dimensions") as e:
+        read_idx(p)
+    assert str(p) in str(e.value)
+
+
+def test_read_idx_sixty_four_dimensions_still_read(tmp_path: Path) -> None:
+    a = np.arange(2, dtype=np.int32).reshape((1,) * 63 + (2,))
+    p = tmp_path / "d64.idx"
+    p.write_bytes(idx_bytes(a))
+    np.testing.assert_array_equal(read_idx(p), a)
+
+
+_DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
+_shapes = st.lists(st.integers(0, 5), min_size=1, max_size=4).map(tuple)
+
+
+@given(_shapes, st.sampled_from(_DTYPES), st.booleans(), st.integers(0, 2**32 - 1))
+def test_read_idx_round_trips_write_idx(
+    tmp_path_factory: pytest.TempPathFactory,
+    shape: tuple[int, ...],
+    dtype: str,
+    gz: bool,
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(shape) * 100).astype(dtype)
+    p = tmp_path_factory.mktemp("rt") / ("a.idx.gz" if gz else "a.idx")
+    write_idx(p, a)
+    b = read_idx(p)
+    assert b.dtype == a.dtype and b.shape == a.shape and b.dtype.isnative
+    np.testing.assert_array_equal(b, a)
+    assert b.flags.writeable and b.flags.c_contiguous
+
+
+@given(
+    st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
+    st.sampled_from(_DTYPES),
+    st.booleans(),
+    st.data(),
+)
+def test_read_idx_refuses_every_truncation_and_extension(
+    tmp_path_factory: pytest.TempPathFactory,
+    shape: tuple[int, ...],
+    dtype: str,
+    gz: bool,
+    data: st.DataObject,
+) -> None:
+    good = idx_bytes(np.ones(shape, dtype=dtype))
+    cut = data.draw(st.integers(0, len(good) - 1), label="cut")
+    extra = data.draw(st.binary(min_size=1, max_size=9), label="extra")
+    d = tmp_path_factory.mktemp("cut")
+    for name, raw in (("short", good[:cut]), ("long", good + extra)):
+        p = d / name
+        p.write_bytes(gzip.compress(raw) if gz else raw)
+        with pytest.raises(mf.FormatError) as e:
+            read_idx(p)
+        assert str(p) in str(e.value)
