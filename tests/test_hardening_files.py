@@ -455,3 +455,192 @@ def test_read_idx_refuses_every_truncation_and_extension(
         with pytest.raises(mf.FormatError) as e:
             read_idx(p)
         assert str(p) in str(e.value)
+
+
+# -- 4. model readers: FormatError, never a raw ValueError/RecursionError ---------------------
+
+
+def test_npz_negative_shape_is_a_format_error(tmp_path: Path) -> None:
+    p = tmp_path / "neg.npz"
+    write_zip(p, {"W1.npy": npy_entry("(-5, -10)", bytes(200))})
+    with pytest.raises(mf.FormatError, match="W1") as e:
+        mf.from_weights(p)
+    assert str(p) in str(e.value)
+    p2 = tmp_path / "neg-model.npz"
+    text = arch_text({"class": "Dense", "config": {"in_features": 5, "out_features": 10}})
+    header = np.lib.format.header_data_from_array_1_0(np.array(text))
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    write_zip(
+        p2,
+        {
+            persistence.HEADER_KEY + ".npy": buf.getvalue() + np.array(text).tobytes(),
+            "weight.npy": npy_entry("(-5, -10)", bytes(200)),
+            "bias.npy": npy_entry("(10,)", bytes(40)),
+        },
+    )
+    with pytest.raises(mf.FormatError, match="weight") as e:
+        mf.load(p2)
+    assert str(p2) in str(e.value)
+
+
+@pytest.mark.parametrize("shape", ["(-1,)", "(2, -3)", "(" + "1, " * 65 + ")", "(True, 2)"])
+def test_npz_bad_shapes(tmp_path: Path, shape: str) -> None:
+    p = tmp_path / "bad.npz"
+    write_zip(p, {"W1.npy": npy_entry(shape, bytes(64))})
+    with pytest.raises(mf.FormatError) as e:
+        mf.from_weights(p)
+    assert str(p) in str(e.value) and "W1" in str(e.value)
+
+
+@pytest.mark.parametrize("shape", ["()", "(3,)", "(0,)"])
+def test_npz_zero_size_dtype(tmp_path: Path, shape: str) -> None:
+    """``<U0``: NumPy's frombuffer would say "itemsize cannot be zero"."""
+    p = tmp_path / "u0.npz"
+    write_zip(p, {"W1.npy": npy_entry(shape, b"", descr="<U0")})
+    with pytest.raises(mf.FormatError, match="W1") as e:
+        mf.from_weights(p)
+    assert str(p) in str(e.value)
+
+
+def _deep(n: int) -> str:
+    return arch_text("__DEEP__").replace('"__DEEP__"', "[" * n + "]" * n)
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deep_json_in_npz(tmp_path: Path, depth: int) -> None:
+    p = tmp_path / "deep.npz"
+    with open(p, "wb") as f:
+        np.savez(f, **{persistence.HEADER_KEY: np.array(_deep(depth))})
+    with pytest.raises(mf.FormatError, match="nested") as e:
+        mf.load(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deep_json_in_safetensors(tmp_path: Path, depth: int) -> None:
+    stn = pytest.importorskip("safetensors.numpy", reason="the optional safetensors package")
+    p = tmp_path / "deep.safetensors"
+    stn.save_file({"x": np.zeros(2, np.float32)}, str(p), metadata={"minifw": _deep(depth)})
+    with pytest.raises(mf.FormatError, match="nested") as e:
+        mf.load(p)
+    assert str(p) in str(e.value)
+
+
+def test_brackets_inside_strings_do_not_count(tmp_path: Path) -> None:
+    m = mf.Sequential(mf.Dense(2, 2))
+    p = tmp_path / "m.npz"
+    m.save(p)
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    doc = json.loads(str(arrays[persistence.HEADER_KEY]))
+    doc["note"] = '[{"\\"' * 500 + "\\\\"
+    arrays[persistence.HEADER_KEY] = np.array(json.dumps(doc))
+    with open(p, "wb") as f:
+        np.savez(f, **arrays)
+    assert same_params(mf.load(p), m)
+
+
+def test_deeply_nested_model_still_loads(tmp_path: Path) -> None:
+    m: mf.Module = mf.Dense(2, 2)
+    for _ in range(30):
+        m = mf.Sequential(m)
+    m.save(tmp_path / "n.npz")
+    assert same_params(mf.load(tmp_path / "n.npz"), m)
+
+
+@pytest.mark.parametrize("shape", [(784, 0), (0, 10), (0, 0)])
+def test_from_weights_empty_matrix(tmp_path: Path, shape: tuple[int, int]) -> None:
+    with pytest.raises(mf.FormatError, match="W1"):
+        mf.from_weights({"W1": np.zeros(shape, np.float32)})
+    p = tmp_path / "w.npz"
+    np.savez(p, W1=np.ones((3, 4), np.float32), W2=np.zeros((4, 0), np.float32))
+    with pytest.raises(mf.FormatError, match="W2") as e:
+        mf.from_weights(p)
+    assert str(p) in str(e.value)
+
+
+def test_npz_needing_a_newer_zip_version(tmp_path: Path) -> None:
+    """zipfile's NotImplementedError ("zip file version 25.5") becomes a FormatError."""
+    p = tmp_path / "w.npz"
+    np.savez(p, W1=np.ones((3, 4), np.float32))
+    data = bytearray(p.read_bytes())
+    cd = data.index(b"PK\x01\x02")  # the central directory entry
+    data[cd + 6 : cd + 8] = struct.pack("<H", 255)  # version needed to extract: 25.5
+    p.write_bytes(bytes(data))
+    for fn in (mf.from_weights, mf.load):
+        with pytest.raises(mf.FormatError) as e:
+            fn(p)
+        assert str(p) in str(e.value)
+
+
+def test_npz_entry_marked_encrypted(tmp_path: Path) -> None:
+    """zipfile's RuntimeError ("password required") becomes a FormatError naming the entry."""
+    p = tmp_path / "w.npz"
+    np.savez(p, W1=np.ones((3, 4), np.float32))
+    data = bytearray(p.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central flags
+        i = data.index(sig) + at
+        data[i] |= 1
+    p.write_bytes(bytes(data))
+    with pytest.raises(mf.FormatError, match="W1") as e:
+        mf.from_weights(p)
+    assert str(p) in str(e.value)
+
+
+@given(st.lists(st.tuples(st.integers(0, 127), st.integers(0, 255)), min_size=1, max_size=6))
+def test_npy_header_mutations_give_format_errors(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[int, int]]
+) -> None:
+    """Bytes of a .npy header overwritten: a FormatError (or a valid file), nothing else."""
+    entry = bytearray(npy_entry("(2, 3)", np.arange(6, dtype="<f4").tobytes()))
+    for pos, val in edits:
+        entry[pos] = val
+    p = tmp_path_factory.mktemp("npy") / "w.npz"
+    write_zip(p, {"W1.npy": bytes(entry)})
+    try:
+        mf.from_weights(p)
+    except mf.FormatError as e:
+        assert str(p) in str(e)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["W1", "b1", "W2", "b2", "W3", "x"]),
+            st.lists(st.integers(0, 3), max_size=3),
+        ),
+        max_size=5,
+    )
+)
+def test_from_weights_random_mappings(entries: list[tuple[str, list[int]]]) -> None:
+    """Random keys and shapes: a model or a FormatError, never a bare Key/Index/ValueError."""
+    arrays = {k: np.ones(shape, np.float32) for k, shape in entries}
+    try:
+        mf.from_weights(arrays)
+    except mf.FormatError as e:
+        assert "weights" in str(e)
+
+
+@given(
+    st.sampled_from([".npz", ".safetensors"]),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_mutated_model_files_give_format_errors(
+    tmp_path_factory: pytest.TempPathFactory, suffix: str, edits: list[tuple[int, int]]
+) -> None:
+    """Bytes of a saved model overwritten: mf.load and mf.from_weights give a FormatError
+    naming the file (or a result), never a bare KeyError, IndexError, ValueError..."""
+    d = tmp_path_factory.mktemp("mut")
+    good = d / f"good{suffix}"
+    small_model().save(good)
+    data = bytearray(good.read_bytes())
+    for pos, val in edits:
+        data[pos % len(data)] = val
+    p = d / f"bad{suffix}"
+    p.write_bytes(bytes(data))
+    for fn in (mf.load, mf.from_weights):
+        try:
+            fn(p)
+        except mf.FormatError as e:
+            assert str(p) in str(e)
