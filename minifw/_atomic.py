@@ -65,8 +65,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     A regular (or missing) file: the data goes to a temporary file in the same directory,
     which on success is flushed, synced and renamed onto the path; on any error it is
     deleted and the path is untouched. The rename gives the path a new inode: it breaks a
-    hard link (another name of the old file keeps the old content). An existing file's mode (and, where
-    allowed, owner and group) is kept; a new file gets ``0o666 & ~umask``.
+    hard link (another name of the old file keeps the old content). An existing file's
+    mode (and, where allowed, owner and group) is kept; a new file gets ``0o666 & ~umask``.
 
     A symlink (or a chain of them) is followed: the link stays a link and its final target
     gets the new content (a dangling link's target is created), with the temporary file in
