@@ -205,10 +205,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(int(c))
         return 0
     result = classes.astype(np.int64) if args.classes else out
-    with atomic_write(args.output) as f:
+    with atomic_write(args.output) as f:  # follows links; FIFOs, /dev/stdout written directly
         np.save(f, result, allow_pickle=False)
     what = "class indices" if args.classes else "outputs"
-    print(f"wrote {args.output}: {what}, shape {result.shape}, dtype {result.dtype}")
+    try:  # -o /dev/stdout (or whatever stdout goes to): keep the note out of the data
+        to_stdout = os.path.samestat(os.stat(args.output), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
+        to_stdout = False
+    print(
+        f"wrote {args.output}: {what}, shape {result.shape}, dtype {result.dtype}",
+        file=sys.stderr if to_stdout else sys.stdout,
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import tokenize
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +46,9 @@ _ST_META_KEY = "minifw"
 _FLOATS = ("float32", "float64")
 _MAX_DEFLATE_RATIO = 1100  # zlib cannot expand data more than ~1032x
 _MAX_DEPTH = 32
+_MAX_JSON_DEPTH = 2 * _MAX_DEPTH + 16  # a Sequential level is an object and a list
+# A JSON string, or an unterminated one to the end: "? always matches, so no backtracking
+_JSON_STRING = re.compile(r'"(?:[^"\\]+|\\.)*"?', re.DOTALL)
 
 
 def _layer_classes() -> dict[str, type[Module]]:
@@ -159,11 +163,30 @@ def _declared_param_bytes(node: Any, depth: int = 0) -> int:
     return sum(math.prod(shape) * (8 if dt == "float64" else 4) for shape, dt in decl.values())
 
 
+def _json_depth(text: str) -> int:
+    """How deeply ``text``'s arrays and objects nest (brackets inside strings not counted)."""
+    if text.count("[") + text.count("{") <= _MAX_JSON_DEPTH:
+        return 0  # cannot nest deeper than the limit
+    code = _JSON_STRING.sub("", text).encode("utf-8", "replace")
+    b = np.frombuffer(code, dtype=np.uint8)
+    step = np.isin(b, (ord("["), ord("{"))).astype(np.int64)
+    step -= np.isin(b, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
 def _parse_architecture(text: str, file: str, size: int) -> Any:
+    depth = _json_depth(text)
+    if depth > _MAX_JSON_DEPTH:
+        raise FormatError(
+            f"{file}: the architecture JSON is nested {depth} levels deep (at most "
+            f"{_MAX_JSON_DEPTH} allowed)"
+        )
     try:
         doc = json.loads(text)
     except ValueError as e:
         raise FormatError(f"{file}: the architecture is not valid JSON ({e})") from None
+    except RecursionError:  # the depth check above should make this unreachable
+        raise FormatError(f"{file}: the architecture JSON is nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise FormatError(f"{file}: the architecture entry is not a minifw model description")
     if doc.get("version") != FORMAT_VERSION:
@@ -196,8 +219,30 @@ def _read_npy(fp: IO[bytes], limit: int, file: str, key: str) -> np.ndarray:
             shape, fortran, dtype = fmt.read_array_header_2_0(fp)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as e:
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        EOFError,
+        SyntaxError,
+        RecursionError,
+        tokenize.TokenError,
+        zipfile.BadZipFile,
+    ) as e:
         raise FormatError(f"{file}: entry {key!r} is not a valid .npy array ({e})") from None
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(
+            f"{file}: entry {key!r} has shape {shape!r:.80}: dimensions must be "
+            "non-negative integers"
+        )
+    try:
+        np.empty((0,) * len(shape), dtype=np.uint8)  # allocates nothing; fails past 64 dims
+    except ValueError:
+        raise FormatError(
+            f"{file}: entry {key!r} has {len(shape)} dimensions, more than a NumPy array can have"
+        ) from None
+    if dtype.itemsize == 0:
+        raise FormatError(f"{file}: entry {key!r} has dtype {dtype}, whose items have no size")
     if dtype.hasobject or dtype.kind not in "biufcU":
         raise FormatError(
             f"{file}: entry {key!r} has dtype {dtype} (object or structured arrays would "
@@ -232,7 +277,12 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     size = os.path.getsize(path)
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
+    except (
+        zipfile.BadZipFile,
+        NotImplementedError,
+        ValueError,
+        EOFError,
+    ) as e:  # "zip file version 25.5"
         raise FormatError(f"{path}: not an .npz archive ({e})") from None
     out: dict[str, np.ndarray] = {}
     with zf:
@@ -249,7 +299,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             try:
                 with zf.open(zi) as fp:
                     out[key] = _read_npy(fp, zi.file_size, path, key)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
                 raise FormatError(f"{path}: entry {key!r} is damaged ({e})") from None
     return out
 
@@ -473,6 +523,11 @@ def from_weights(
         if w.ndim != 2 or w.dtype.kind not in "biuf":
             raise FormatError(
                 f"{file}: W{i} must be a 2-D numeric (in, out) matrix, got {w.dtype} {w.shape}"
+            )
+        if 0 in w.shape:
+            raise FormatError(
+                f"{file}: W{i} has shape {w.shape}: a layer needs at least one input and one "
+                "output feature"
             )
         if prev_out is not None and w.shape[0] != prev_out:
             raise FormatError(

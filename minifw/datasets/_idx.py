@@ -32,6 +32,8 @@ IDX_TYPES: dict[int, str] = {
 _CODES = {np.dtype(v).newbyteorder("=").name: k for k, v in IDX_TYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
+_MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than 1032:1
+_GZIP_SLACK = 1 << 16  # headers, and more than any rounding of that ratio on tiny files
 
 
 class _HashingReader:
@@ -55,6 +57,18 @@ class _HashingReader:
         self.sha.update(data)
         return data
 
+    def read_into(self, buf: np.ndarray) -> int:
+        """Fill the uint8 array ``buf`` in chunks, hashing as it goes; the bytes filled."""
+        view = buf.data
+        done = 0
+        while done < len(view):
+            n = self._f.readinto(view[done : done + _CHUNK])  # type: ignore[attr-defined]
+            if not n:
+                break
+            self.sha.update(view[done : done + n])
+            done += n
+        return done
+
 
 def _read(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
     """``(array, sha256 of the decompressed bytes)``; FormatError on anything malformed."""
@@ -66,16 +80,19 @@ def _read(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
     with raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
+        size = os.fstat(raw.fileno()).st_size
         f: Any = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         r = _HashingReader(f)
         kind = "gzip-compressed IDX" if compressed else "IDX"
         try:
-            return _parse(r, name, kind, None if compressed else os.fstat(raw.fileno()).st_size)
+            return _parse(r, name, kind, size, compressed)
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise FormatError(f"{name}: corrupt {kind} file ({type(e).__name__}: {e})") from None
 
 
-def _parse(r: _HashingReader, name: str, kind: str, size: int | None) -> tuple[np.ndarray, str]:
+def _parse(
+    r: _HashingReader, name: str, kind: str, size: int, compressed: bool
+) -> tuple[np.ndarray, str]:
     head = r.read_upto(4)
     if len(head) < 4:
         raise FormatError(f"{name}: not an IDX file (only {len(head)} bytes; the header has 4+)")
@@ -89,6 +106,12 @@ def _parse(r: _HashingReader, name: str, kind: str, size: int | None) -> tuple[n
         raise FormatError(f"{name}: unknown IDX element type 0x{code:02X} (known: {known})")
     if ndim == 0:
         raise FormatError(f"{name}: IDX header declares 0 dimensions")
+    try:
+        np.empty((0,) * ndim, dtype=np.uint8)  # allocates nothing; fails past NumPy's limit
+    except ValueError:
+        raise FormatError(
+            f"{name}: IDX header declares {ndim} dimensions, more than a NumPy array can have"
+        ) from None
     dims_raw = r.read_upto(4 * ndim)
     if len(dims_raw) < 4 * ndim:
         raise FormatError(
@@ -102,14 +125,21 @@ def _parse(r: _HashingReader, name: str, kind: str, size: int | None) -> tuple[n
         count *= d
     want = count * dtype.itemsize
     header = 4 + 4 * ndim
-    if size is not None and size - header != want:  # raw file: check before reading
+    # Refuse, before allocating anything, a payload the file cannot possibly hold.
+    if not compressed and size - header != want:
         _bad_length(name, kind, dims, dtype, want, size - header)
-    payload = r.read_upto(want + 1)  # one byte more tells an oversized file
-    if len(payload) != want:
-        _bad_length(name, kind, dims, dtype, want, len(payload), at_least=len(payload) > want)
-    arr = np.frombuffer(payload, dtype=dtype).reshape(dims)
-    native = dtype.newbyteorder("=")
-    arr = arr.astype(native) if dtype.itemsize > 1 else arr.view(native).copy()
+    if compressed and header + want > _MAX_DEFLATE_RATIO * size + _GZIP_SLACK:
+        _bad_length(name, kind, dims, dtype, want, None, size)
+    buf = np.empty(want, dtype=np.uint8)  # the one array: bytes are read straight into it
+    got = r.read_into(buf)
+    if got < want:
+        _bad_length(name, kind, dims, dtype, want, got)
+    if r.read_upto(1):  # one byte more tells an oversized file (and gzip checks its CRC)
+        _bad_length(name, kind, dims, dtype, want, want + 1, at_least=True)
+    arr = buf.view(dtype)
+    if not dtype.isnative:
+        arr.byteswap(inplace=True)  # in place: no second copy of the payload
+    arr = arr.view(dtype.newbyteorder("=")).reshape(dims)
     return arr, r.sha.hexdigest()
 
 
@@ -119,19 +149,23 @@ def _bad_length(
     dims: tuple[int, ...],
     dtype: np.dtype[Any],
     want: int,
-    got: int,
+    got: int | None,
+    file_size: int = 0,
     at_least: bool = False,
 ) -> None:
+    """Raise the FormatError for a payload of ``got`` bytes (None: a gzip file of
+    ``file_size`` bytes, too small to hold ``want`` bytes at deflate's best ratio)."""
     shape = "x".join(map(str, dims))
-    if got < want:
-        what = f"truncated {kind} file"
-    else:
-        what = f"oversized {kind} file"
+    declares = f"the header declares {shape} {dtype.newbyteorder('=').name} elements ({want} bytes)"
+    if got is None:
+        most = _MAX_DEFLATE_RATIO * file_size + _GZIP_SLACK
+        raise FormatError(
+            f"{name}: truncated {kind} file: {declares} but a {file_size}-byte gzip file "
+            f"holds at most {most} bytes (deflate expands at most {_MAX_DEFLATE_RATIO}:1)"
+        )
+    what = f"truncated {kind} file" if got < want else f"oversized {kind} file"
     more = "at least " if at_least else ""
-    raise FormatError(
-        f"{name}: {what}: the header declares {shape} {dtype.newbyteorder('=').name} "
-        f"elements ({want} bytes) but the payload has {more}{got} bytes"
-    )
+    raise FormatError(f"{name}: {what}: {declares} but the payload has {more}{got} bytes")
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -140,7 +174,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     The magic number, the element type, the number of dimensions and each dimension are
     checked against the payload, which must be exactly as long as the header says.
     A malformed, truncated or oversized file raises :class:`minifw.FormatError` naming
-    the file; memory use is bounded by the data actually present, never by the header.
+    the file. A header declaring more than the file can hold (its size; for gzip, 1032
+    times it, deflate's best ratio) is refused before anything is allocated; otherwise the
+    payload is read straight into one array of the declared size, and reading stops at the
+    first byte past it.
     """
     return _read(path)[0]
 
