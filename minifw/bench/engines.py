@@ -1,0 +1,107 @@
+"""The engines timed for one (network, batch) configuration: minifw on each backend beside
+the peers, on the CPU or (``--device cuda``) on the GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .nets import MINIFW_REF, MINIFW_REF_GPU, Net
+from .peers import gemm_floor, hand_written, onnxruntime_cpu, torch_cpu, torch_sequential
+from .timing import Engine
+
+
+def _bind(fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Callable[[], Any]:
+    return lambda: fn(x)
+
+
+def build_engines(
+    net: Net, x: np.ndarray, backends: list[str], notes: dict[str, str]
+) -> list[Engine]:
+    """Every engine for one (network, batch) configuration, input bound in."""
+    import minifw as mf
+
+    engines: list[Engine] = []
+    model = net.minifw_model("numpy")
+    engines.append(Engine(MINIFW_REF, lambda: model(x), kind="minifw"))
+    engines.append(Engine("minifw numpy predict(x)", lambda: model.predict(x), kind="minifw"))
+    for name in backends:
+        if name in ("numpy", "cupy"):
+            continue
+        try:
+            m = net.minifw_model(name)
+        except mf.BackendError as e:
+            notes[f"minifw {name}"] = f"skipped: {e}"
+            continue
+        b = m.backend
+
+        def run(m: Any = m, b: Any = b) -> np.ndarray:
+            out = m.predict(x)
+            return out.compute() if getattr(b, "lazy", False) else out  # type: ignore[no-any-return]
+
+        engines.append(Engine(f"minifw {name} predict(x)", run, kind="minifw", traced=False))
+    hand = hand_written(net)
+    engines.append(Engine("numpy hand-written (book)", lambda: hand(x), kind="peer"))
+    for label, factory in (
+        ("torch eager (inference_mode)", torch_cpu),
+        ("onnxruntime CPU", onnxruntime_cpu),
+    ):
+        try:
+            fn, ver = factory(net)
+        except ImportError as e:
+            notes[label] = f'skipped: not installed ({e}); pip install "minifw[bench]"'
+            continue
+        notes.setdefault(label, ver)
+        engines.append(Engine(label, _bind(fn, x), kind="peer", traced=False))
+    engines.append(Engine("GEMM floor (3 matmuls, numpy)", gemm_floor(net, x), kind="floor"))
+    return engines
+
+
+def build_gpu_engines(net: Net, x: np.ndarray, notes: dict[str, str]) -> list[Engine]:
+    """minifw on CuPy, PyTorch CUDA and the cuBLAS GEMM floor; inputs already on the device,
+    every timed call synchronised."""
+    import cupy as cp
+
+    sync = cp.cuda.get_current_stream().synchronize
+    xg = cp.asarray(x)
+    model = net.minifw_model("cupy")
+    engines = [Engine(MINIFW_REF_GPU, lambda: model(xg), kind="minifw", sync=sync)]
+    Wg = [cp.asarray(w) for w in net.W]
+    outs = [cp.empty((x.shape[0], w), dtype=cp.float32) for w in net.sizes[1:]]
+
+    def floor() -> Any:
+        cp.matmul(xg, Wg[0], out=outs[0])
+        cp.matmul(outs[0], Wg[1], out=outs[1])
+        return cp.matmul(outs[1], Wg[2], out=outs[2])
+
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ImportError("torch has no CUDA here")
+        seq = torch_sequential(net).cuda()
+        xt = torch.from_numpy(x).cuda()
+
+        def run_torch() -> Any:
+            with torch.inference_mode():
+                return seq(xt)
+
+        engines.append(
+            Engine(
+                "torch CUDA eager (inference_mode)",
+                run_torch,
+                kind="peer",
+                sync=torch.cuda.synchronize,
+                traced=False,
+            )
+        )
+        notes.setdefault("torch CUDA", f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    except ImportError as e:
+        notes["torch CUDA"] = f"skipped: {e}"
+    engines.append(Engine("GEMM floor (3 matmuls, cuBLAS)", floor, kind="floor", sync=sync))
+    for eng in engines:
+        eng.traced = False
+        eng.to_host = True
+    return engines
