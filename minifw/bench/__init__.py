@@ -6,10 +6,13 @@ Inference of two float32 MLPs with random weights and inputs (no downloads):
 * **W** 784-1024-1024-10, ReLU, softmax, batches 1, 256, 8192;
 
 on minifw (``model(x)`` and ``model.predict(x)`` on NumPy, ``predict`` on every other
-available backend), the hand-written NumPy function of the reference text, PyTorch CPU
-eager under ``torch.inference_mode()``, ONNX Runtime (CPU provider, the same graph built
-with the ``onnx`` helper API) and the bare GEMM floor (only the three matmuls, into
-preallocated outputs). Training: one Fashion-MNIST epoch of 784-256-128-10 (batch 128,
+available backend, and ``model(x)`` on a tensor / array of its own on torch and jax), the
+hand-written NumPy function of the reference text, "torch eager" (``torch.nn`` modules
+under ``torch.inference_mode()``, CPU), "jax.jit" (a ``jax.jit``-compiled forward), ONNX
+Runtime (CPU provider, the same graph built with the ``onnx`` helper API) and the bare GEMM
+floor (only the three matmuls, into preallocated outputs). minifw on torch and jax is also
+set against that engine's own fastest form ("each engine at its own speed": paired ratios
+``minifw torch model(x) / torch eager`` and ``minifw jax model(x) / jax.jit``). Training: one Fashion-MNIST epoch of 784-256-128-10 (batch 128,
 Adam) against PyTorch CPU, from ``benchmarks/train_epoch.py`` when it is there.
 
 Method: for each configuration every engine is warmed up, then timed in interleaved

@@ -9,12 +9,46 @@ from typing import Any
 import numpy as np
 
 from .nets import MINIFW_REF, MINIFW_REF_GPU, Net
-from .peers import gemm_floor, hand_written, onnxruntime_cpu, torch_cpu, torch_sequential
+from .peers import (
+    gemm_floor,
+    hand_written,
+    jax_jit,
+    onnxruntime_cpu,
+    torch_eager,
+    torch_sequential,
+)
 from .timing import Engine
 
+TORCH_EAGER = "torch eager"
+JAX_JIT = "jax.jit"
+#: minifw on a backend, its input already that engine's array, against that engine's own
+#: fastest form of the same network: the "each engine at its own speed" ratios
+OWN_SPEED: dict[str, str] = {
+    "minifw torch model(x)": TORCH_EAGER,
+    "minifw jax model(x)": JAX_JIT,
+}
+PEERS: dict[str, Callable[[Net, np.ndarray], tuple[Callable[[], Any], str]]] = {
+    TORCH_EAGER: torch_eager,
+    JAX_JIT: jax_jit,
+    "onnxruntime CPU": onnxruntime_cpu,
+}
 
-def _bind(fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Callable[[], Any]:
-    return lambda: fn(x)
+
+def _native_model_engine(m: Any, x: np.ndarray) -> Engine:
+    """``model(x)`` with ``x`` converted beforehand to the model's backend (a torch tensor,
+    a jax array), each call waiting for its result."""
+    b = m.backend
+    xb = b.asarray(x)
+
+    def run() -> Any:
+        out = m(xb)
+        wait = getattr(out, "block_until_ready", None)  # JAX dispatches asynchronously
+        if wait is not None:
+            return wait()
+        b.synchronize()  # CUDA
+        return out
+
+    return Engine(f"minifw {b.name} model(x)", run, kind="minifw", traced=False)
 
 
 def build_engines(
@@ -42,19 +76,21 @@ def build_engines(
             return out.compute() if getattr(b, "lazy", False) else out  # type: ignore[no-any-return]
 
         engines.append(Engine(f"minifw {name} predict(x)", run, kind="minifw", traced=False))
+        if f"minifw {name} model(x)" in OWN_SPEED:
+            engines.append(_native_model_engine(m, x))
     hand = hand_written(net)
     engines.append(Engine("numpy hand-written (book)", lambda: hand(x), kind="peer"))
-    for label, factory in (
-        ("torch eager (inference_mode)", torch_cpu),
-        ("onnxruntime CPU", onnxruntime_cpu),
-    ):
+    for label, factory in PEERS.items():
         try:
-            fn, ver = factory(net)
+            run_peer, ver = factory(net, x)
         except ImportError as e:
             notes[label] = f'skipped: not installed ({e}); pip install "minifw[bench]"'
             continue
+        except Exception as e:  # installed but broken: record it, measure the rest
+            notes[label] = f"skipped: failed to start: {type(e).__name__}: {e}"
+            continue
         notes.setdefault(label, ver)
-        engines.append(Engine(label, _bind(fn, x), kind="peer", traced=False))
+        engines.append(Engine(label, run_peer, kind="peer", traced=False))
     engines.append(Engine("GEMM floor (3 matmuls, numpy)", gemm_floor(net, x), kind="floor"))
     return engines
 

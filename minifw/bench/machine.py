@@ -14,7 +14,7 @@ import numpy as np
 from minifw._util import cores
 
 #: peers and engines whose versions the report records (when installed)
-VERSIONED = ("torch", "onnxruntime", "onnx", "cupy")
+VERSIONED = ("torch", "jax", "onnxruntime", "onnx", "cupy")
 
 
 def busy_seconds() -> float | None:

@@ -1,6 +1,8 @@
 """The peers minifw is measured against, each computing the same network from a
 :class:`~minifw.bench.nets.Net`'s weights: the hand-written NumPy function of the reference
-text, the bare GEMM floor, PyTorch eager and ONNX Runtime (with the ONNX graph builder)."""
+text, the bare GEMM floor, PyTorch eager, ``jax.jit`` and ONNX Runtime (with the ONNX graph
+builder). ``torch_eager``, ``jax_jit`` and ``onnxruntime_cpu`` bind the input ``x`` in and
+return ``(run, note)``."""
 
 from __future__ import annotations
 
@@ -69,16 +71,48 @@ def torch_sequential(net: Net) -> Any:
     return torch.nn.Sequential(*mods).eval()
 
 
-def torch_cpu(net: Net) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def torch_eager(net: Net, x: np.ndarray) -> tuple[Callable[[], Any], str]:
+    """ "torch eager": the network as ``torch.nn`` modules, run under
+    ``torch.inference_mode()`` on the CPU, on ``x`` as a tensor sharing its memory."""
     import torch
 
     seq = torch_sequential(net)
+    xt = torch.from_numpy(x)
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run() -> Any:
         with torch.inference_mode():
-            return seq(torch.from_numpy(x)).numpy()  # type: ignore[no-any-return]
+            return seq(xt)
 
-    return run, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    ver = f"torch {torch.__version__}, torch.nn modules, inference_mode, CPU"
+    return run, f"{ver}, {torch.get_num_threads()} threads"
+
+
+def jax_jit(net: Net, x: np.ndarray) -> tuple[Callable[[], Any], str]:
+    """ "jax.jit": the forward pass (``jnp.dot``, bias add, activation, ``jax.nn.softmax``)
+    compiled by ``jax.jit``, the weights passed as ``jnp`` arrays, ``x`` already on JAX's
+    default device; compiled here, by one call. Each timed call waits for its result
+    (``block_until_ready``): JAX dispatches asynchronously."""
+    import jax
+    import jax.numpy as jnp
+
+    act = jax.nn.sigmoid if net.act == "sigmoid" else jax.nn.relu
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in zip(net.W, net.b, strict=True)]
+
+    @jax.jit
+    def forward(params: list[tuple[Any, Any]], x: Any) -> Any:
+        h = x
+        for i, (w, b) in enumerate(params):
+            h = jnp.dot(h, w) + b
+            h = act(h) if i < len(params) - 1 else jax.nn.softmax(h, axis=-1)
+        return h
+
+    xj = jnp.asarray(x)
+
+    def run() -> Any:
+        return forward(params, xj).block_until_ready()
+
+    run()  # compile (for this shape) before anything is timed
+    return run, f"jax {jax.__version__}, jax.jit on {xj.devices().pop()}"
 
 
 def onnx_model_bytes(net: Net) -> bytes:
@@ -112,7 +146,7 @@ def onnx_model_bytes(net: Net) -> bytes:
     return model.SerializeToString()  # type: ignore[no-any-return]
 
 
-def onnxruntime_cpu(net: Net) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def onnxruntime_cpu(net: Net, x: np.ndarray) -> tuple[Callable[[], Any], str]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -120,7 +154,7 @@ def onnxruntime_cpu(net: Net) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(onnx_model_bytes(net), so, providers=["CPUExecutionProvider"])
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run() -> np.ndarray:
         return sess.run(None, {"x": x})[0]  # type: ignore[no-any-return]
 
     return run, f"onnxruntime {ort.__version__}, CPU EP, {cores()} intra-op threads"

@@ -94,6 +94,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"(input + two largest activations = {_fmt_bytes(cm['bound_bytes'])})."
             )
         lines.append("")
+    lines += _own_speed_table(result["inference"])
     tr = result.get("training")
     lines.append("## Training: one epoch, 784-256-128-10 ReLU, batch 128, Adam")
     lines.append("")
@@ -118,6 +119,34 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"* {k}: {v}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _own_speed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per case, minifw on torch / jax over that engine's own fastest form (paired ratios)."""
+    pairs: list[str] = []
+    for row in rows:
+        for k in row.get("paired_ratios_own_speed", {}):
+            if k not in pairs:
+                pairs.append(k)
+    if not pairs:
+        return []
+    lines = [
+        "## Each engine at its own speed",
+        "",
+        "minifw's `model(x)` on the torch and jax backends (input already a torch tensor / "
+        "jax array) over the same network in that engine's own fastest form: `torch.nn` "
+        "modules under `torch.inference_mode()` (torch eager), a `jax.jit`-compiled forward "
+        "(jax.jit). Paired ratios of the times (below 1: minifw is faster).",
+        "",
+        "| case | " + " | ".join(p.replace(" / ", " ÷ ") for p in pairs) + " |",
+        "|---|" + "---:|" * len(pairs),
+    ]
+    for row in rows:
+        own = row.get("paired_ratios_own_speed", {})
+        cells = [f"{own[p]:.2f}×" if p in own else "—" for p in pairs]
+        lines.append(f"| {row['network']} batch {row['batch']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def chart(result: dict[str, Any], path: Path) -> str | None:

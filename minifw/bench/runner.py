@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .engines import build_engines, build_gpu_engines
+from .engines import OWN_SPEED, build_engines, build_gpu_engines
 from .nets import GPU_BATCHES, MINIFW_REF, MINIFW_REF_GPU, NETWORKS, Net
 from .peers import hand_written
 from .timing import Timer, max_abs_diff, memory_per_call, minifw_cold_memory, paired_ratio
@@ -89,6 +89,12 @@ def bench_inference(
                 e.name: paired_ratio(times[ref_name], times[e.name])
                 for e in engines
                 if e.name != ref_name
+            }
+            # minifw on torch / jax against that engine's own fastest form of the network
+            row["paired_ratios_own_speed"] = {
+                f"{mine} / {peer}": paired_ratio(times[mine], times[peer])
+                for mine, peer in OWN_SPEED.items()
+                if mine in times and peer in times
             }
             if not (args.smoke or gpu):
                 row["minifw_cold_memory"] = minifw_cold_memory(net, x)
