@@ -27,8 +27,8 @@ PROG = "minifw bench"
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG,
-        description="Benchmark minifw against hand-written NumPy, PyTorch, ONNX Runtime and "
-        "the GEMM floor (inference of S and W; one training epoch).",
+        description="Benchmark minifw against hand-written NumPy, PyTorch eager, jax.jit, "
+        "ONNX Runtime and the GEMM floor (inference of S and W; one training epoch).",
     )
     ap.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")
     ap.add_argument(
