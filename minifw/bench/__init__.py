@@ -12,8 +12,9 @@ under ``torch.inference_mode()``, CPU), "jax.jit" (a ``jax.jit``-compiled forwar
 Runtime (CPU provider, the same graph built with the ``onnx`` helper API) and the bare GEMM
 floor (only the three matmuls, into preallocated outputs). minifw on torch and jax is also
 set against that engine's own fastest form ("each engine at its own speed": paired ratios
-``minifw torch model(x) / torch eager`` and ``minifw jax model(x) / jax.jit``). Training: one Fashion-MNIST epoch of 784-256-128-10 (batch 128,
-Adam) against PyTorch CPU, from ``benchmarks/train_epoch.py`` when it is there.
+``minifw torch model(x) / torch eager`` and ``minifw jax model(x) / jax.jit``).
+Training: one Fashion-MNIST epoch of 784-256-128-10 (batch 128, Adam) against PyTorch CPU,
+from ``benchmarks/train_epoch.py`` when it is there.
 
 Method: for each configuration every engine is warmed up, then timed in interleaved
 rounds (engine A, B, C, ... then again, the order rotated each round). Before each timed
