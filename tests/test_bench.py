@@ -38,7 +38,7 @@ def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
         }
         assert set(row["paired_ratios_minifw_over_peer"]) == set(eng) - {bench.MINIFW_REF}
         assert all(r > 0 for r in row["paired_ratios_minifw_over_peer"].values())
-    peers = {"torch eager (inference_mode)", "onnxruntime CPU"}
+    peers = {"torch eager", "jax.jit", "onnxruntime CPU"}
     for p in peers:  # either measured or skipped with a note saying so
         assert p in res["inference"][0]["engines"] or "skipped" in res["notes"].get(p, "")
     assert res["machine"]["cores_usable"] >= 1 and res["machine"]["numpy"] == np.__version__
@@ -49,6 +49,41 @@ def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert "## S (784-50-100-10 sigmoid/softmax), batch 64" in md and "| engine |" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.tmp*"))
+
+
+def test_bench_smoke_minifw_on_torch_and_jax_beside_their_own_engines(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch is not installed: no torch eager peer")
+    pytest.importorskip("jax", reason="jax is not installed: no jax.jit peer")
+    out = tmp_path / "res"
+    rc = bench.main(["--smoke", "--out", str(out), "--backends", "torch,jax"])
+    assert rc == 0
+    res = json.loads((out / "bench.json").read_text())
+    pairs = {
+        "minifw torch model(x) / torch eager",
+        "minifw jax model(x) / jax.jit",
+    }
+    for row in res["inference"]:  # S/1, S/64, W/1, W/32
+        eng = row["engines"]
+        for name in ("torch eager", "jax.jit", "minifw torch model(x)", "minifw jax model(x)"):
+            assert name in eng, (name, res["notes"])
+            assert eng[name]["max_abs_diff_vs_float64"] < 1e-5, name
+        assert eng["torch eager"]["kind"] == eng["jax.jit"]["kind"] == "peer"
+        assert set(row["paired_ratios_own_speed"]) == pairs
+        assert all(r > 0 for r in row["paired_ratios_own_speed"].values())
+        assert {"torch eager", "jax.jit"} <= set(row["paired_ratios_minifw_over_peer"])
+    assert res["machine"]["torch"] and res["machine"]["jax"]
+    md = (out / "bench.md").read_text()
+    assert "## Each engine at its own speed" in md
+    assert "| case | minifw torch model(x) ÷ torch eager | minifw jax model(x) ÷ jax.jit |" in md
+    assert "| W batch 32 |" in md
+
+
+def test_bench_smoke_without_torch_and_jax_has_no_own_speed_table(tmp_path: Path) -> None:
+    rc = bench.main(["--smoke", "--networks", "S", "--out", str(tmp_path), "--backends", ""])
+    assert rc == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert all(row["paired_ratios_own_speed"] == {} for row in res["inference"])
+    assert "own speed" not in (tmp_path / "bench.md").read_text()
 
 
 def test_bench_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
