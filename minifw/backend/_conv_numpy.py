@@ -5,9 +5,12 @@
   (``np.matmul`` on the buffer's per-image blocks) writes straight into the output: no
   float64 detour (the input's dtype throughout), no transposed copy of the output.
 * ``conv2d_backward``: the same buffer serves both gradients: ``dw`` is one GEMM against the
-  re-gathered im2col matrix, then ``dcols = w^T @ grad`` overwrites it and col2im adds its
-  ``kh*kw`` strided slices into the padded ``dx`` (no ``np.add.at``, no loop over images).
-  At most one batch's im2col matrix exists at a time.
+  re-gathered im2col matrix; then, at stride 1 where ``grad``'s im2col matrix is no larger
+  (``F*H*W <= C*OH*OW``, e.g. "same" convolutions), ``dx`` is the convolution of the
+  padded ``grad`` with the flipped, transposed kernel (a GEMM with inner size ``F*kh*kw``);
+  otherwise ``dcols = w^T @ grad`` overwrites the buffer and col2im adds its ``kh*kw``
+  strided slices into the padded ``dx`` (no ``np.add.at``, no loop over images). At most
+  one batch's im2col matrix exists at a time.
 * pooling: ``kh*kw`` strided slices of the padded input (running max / running sum); the
   max-pool's argmax is kept as the window index of each output.
 
