@@ -8,6 +8,7 @@ NumPy does faster still.
   zero misses its vector loop: a row is 2-4x faster at widths of 32 and more).
 * ``softmax`` over rows at most :data:`NARROW_SOFTMAX` wide reduces over the first axis of
   a transposed copy (see :meth:`NumpyBackend._softmax_narrow`).
+* convolution as im2col + one GEMM, pooling on windowed views (:mod:`._conv_numpy`);
 * ``threads``: the inference plan runs chunks of a large batch on every core, with BLAS
   held to one thread per call (``parallel_section``).
 """
@@ -23,6 +24,7 @@ import numpy as np
 from .._util import Once, cores
 from ..errors import BackendError
 from . import _gemm
+from ._conv_numpy import NumpyConvOps
 from ._ufunc import UfuncBackend
 
 _F32, _F64 = np.dtype("float32"), np.dtype("float64")
@@ -38,7 +40,7 @@ _max_reduce: Any = np.maximum.reduce  # positional: (array, axis, dtype, out, ke
 _add_reduce: Any = np.add.reduce
 
 
-class NumpyBackend(UfuncBackend):
+class NumpyBackend(NumpyConvOps, UfuncBackend):
     name = "numpy"
 
     def __init__(self, xp: Any, version: str) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._conv import ConvOps
+
 #: names of the elementwise activations that :meth:`Ops.activate` and :meth:`Ops.linear`
 #: take (softmax is over the last axis)
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "step", "softmax")
@@ -31,8 +33,9 @@ ACTIVATIONS = ("sigmoid", "relu", "tanh", "step", "softmax")
 SCRATCH = "scratch"
 
 
-class Ops:
-    """The generic operations. ``self.xp`` is the engine's Array API namespace."""
+class Ops(ConvOps):
+    """The generic operations (the convolution and pooling ones in :mod:`._conv`).
+    ``self.xp`` is the engine's Array API namespace."""
 
     xp: Any
     #: arrays of this engine can be written in place (``out=`` buffers, ``inplace``)
