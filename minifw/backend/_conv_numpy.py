@@ -102,6 +102,12 @@ class NumpyConvOps(ConvOps):
         return cm.reshape(c * kh * kw, n * oh * ow)
 
     # -- convolution --------------------------------------------------------------
+    def conv2d_scratch_size(
+        self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Size2, padding: Size2
+    ) -> int | None:
+        """:func:`cols_size`: this engine's ``conv2d`` takes a ``cols=`` scratch buffer."""
+        return cols_size(x_shape, w_shape, stride, padding)
+
     def conv2d(
         self,
         x: Any,
