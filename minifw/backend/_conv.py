@@ -303,6 +303,16 @@ class ConvOps:
             y = xp.maximum(y, s)
         return y, am
 
+    def maxpool2d_values(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> Any:
+        """The ``y`` of :meth:`maxpool2d` without its argmax (for inference)."""
+        xp = self.xp
+        kh, kw, sh, sw, ph, pw, oh, ow = geometry(_shape(x), kernel, stride, padding, "maxpool2d")
+        xp_ = self._pad(x, ph, ph, pw, pw, float("-inf"))
+        y = self._window(xp_, 0, 0, sh, sw, oh, ow)
+        for k in range(1, kh * kw):
+            y = xp.maximum(y, self._window(xp_, k // kw, k % kw, sh, sw, oh, ow))
+        return y
+
     def maxpool2d_backward(
         self,
         grad: Any,

@@ -49,7 +49,7 @@ class _Pool2D(Module):
         if one:
             x = self.xp.reshape(x, (1, *tuple(x.shape)))
         self._check_input(tuple(x.shape))
-        y, keep = self._pool(x)
+        y, keep = self._pool(x, train)
         if train:
             self._cache = (tuple(int(s) for s in x.shape), keep, one)
         if one:
@@ -65,7 +65,8 @@ class _Pool2D(Module):
         dx = self._unpool(grad, keep, x_shape)
         return self.xp.reshape(dx, x_shape[1:]) if one else dx
 
-    def _pool(self, x: Any) -> tuple[Any, Any]:
+    def _pool(self, x: Any, train: bool) -> tuple[Any, Any]:
+        """``(y, what the backward needs)``."""
         raise NotImplementedError
 
     def _unpool(self, grad: Any, keep: Any, x_shape: tuple[int, ...]) -> Any:
@@ -118,8 +119,11 @@ class MaxPool2D(_Pool2D):
     add up.
     """
 
-    def _pool(self, x: Any) -> tuple[Any, Any]:
-        return self._b.maxpool2d(x, self.kernel_size, self.stride, self.padding)  # type: ignore[no-any-return]
+    def _pool(self, x: Any, train: bool) -> tuple[Any, Any]:
+        b, k, s, p = self._b, self.kernel_size, self.stride, self.padding
+        if not train:  # no argmax to keep
+            return b.maxpool2d_values(x, k, s, p), None
+        return b.maxpool2d(x, k, s, p)  # type: ignore[no-any-return]
 
     def _unpool(self, grad: Any, keep: Any, x_shape: tuple[int, ...]) -> Any:
         return self._b.maxpool2d_backward(
@@ -142,7 +146,7 @@ class AvgPool2D(_Pool2D):
     ``OH = (H + 2*ph - kh) // sh + 1``. Backward spreads ``grad / (kh*kw)`` over each window.
     """
 
-    def _pool(self, x: Any) -> tuple[Any, Any]:
+    def _pool(self, x: Any, train: bool) -> tuple[Any, Any]:
         return self._b.avgpool2d(x, self.kernel_size, self.stride, self.padding), None
 
     def _unpool(self, grad: Any, keep: Any, x_shape: tuple[int, ...]) -> Any:
