@@ -337,7 +337,7 @@ class _Group:
             return self._whole(x)
         whole = self._whole
         if not b.mutable:
-            parts = [whole(x[s : s + rows, ...]) for s in range(0, n, rows)]
+            parts = [whole(x[s : min(s + rows, n), ...]) for s in range(0, n, rows)]
             return b.xp.concat(parts, axis=0)
         threads = min(threads, -(-n // rows))
         nchunks = -(-n // rows)
@@ -348,8 +348,8 @@ class _Group:
         y = b.empty((n, *out_sample), x.dtype)
 
         def one(i: int) -> None:
-            s = i * chunk
-            y[s : s + chunk, ...] = whole(x[s : s + chunk, ...])
+            s, e = i * chunk, min(n, (i + 1) * chunk)  # in bounds: the Array API asks it
+            y[s:e, ...] = whole(x[s:e, ...])
 
         if threads > 1:
             _run_chunks(b, nchunks, threads, one)
