@@ -256,7 +256,7 @@ def test_step_without_gradients_names_the_layer() -> None:
         (lambda: optim.Adam(betas=0.9), "betas"),
         (lambda: optim.Adam(eps=math.nan), "eps"),
         (lambda: optim.AdamW(weight_decay=-0.1), "weight_decay"),
-        (lambda: optim.get("rmsprop"), "unknown optimizer"),
+        (lambda: optim.get("adadelta"), "unknown optimizer"),
     ],
 )
 def test_bad_hyperparameters(call, match: str) -> None:
