@@ -237,7 +237,12 @@ def test_the_env_var_turns_it_off_and_a_bad_value_is_named(monkeypatch: Any) -> 
     x = np.random.default_rng(9).random((200, 64), dtype=np.float32)
     calls: list[Any] = []
     real = _gemm.addmm
-    monkeypatch.setattr(_gemm, "addmm", lambda *a: calls.append(a) or real(*a))
+
+    def spy(*args: Any) -> bool:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(_gemm, "addmm", spy)
     np.testing.assert_allclose(model(x), layer_by_layer(model, x), rtol=1e-5, atol=1e-7)
     assert calls == []  # off: the layers and the plan never ask for it
     _lookup_again(monkeypatch)

@@ -34,8 +34,9 @@ def build(widths: list[int], acts: list[str], softmax: bool, bias: bool, dtype: 
     layers: list[Any] = []
     for i, a in enumerate(acts):
         layers.append(mf.Dense(widths[i], widths[i + 1], bias=bias, dtype=dtype))
-        if ACTS[a] is not None:
-            layers.append(ACTS[a]())
+        act = ACTS[a]
+        if act is not None:
+            layers.append(act())
     if softmax:
         layers.append(mf.Softmax())
     model = mf.Sequential(*layers)
@@ -420,16 +421,39 @@ def test_steady_state_predict_allocates_only_its_result(n: int, monkeypatch: Any
     monkeypatch.setattr(NUMPY, "max_threads", 2)
     model = build([784, 50, 100, 10], ["sigmoid", "sigmoid", "none"], True, True, "float32")
     x = np.random.default_rng(6).random((n, 784), dtype=np.float32)
+    # which worker of the shared pool runs a chunk is up to timing (earlier tests may have
+    # grown the pool), and a worker sizes its buffers for this plan the first time it runs
+    # one: the backend's ``empty`` tells a measured call in which that happened, and the
+    # measurement is repeated then
+    allocated: list[tuple[tuple[int, ...], int]] = []
+    real = NUMPY.empty
+
+    def empty(shape: tuple[int, ...], dtype: Any) -> Any:
+        allocated.append((tuple(shape), threading.get_ident()))
+        return real(shape, dtype)
+
+    monkeypatch.setitem(vars(NUMPY), "empty", empty)
     for _ in range(3):
         model.predict(x)  # buffers of this thread (and the pool's) allocated
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        y = model.predict(x)
-        y = model.predict(x)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    warmed = {t for s, t in allocated if s != (n, 10)}
+    for _ in range(30):
+        allocated.clear()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            y = model.predict(x)
+            y = model.predict(x)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        fresh = {t for s, t in allocated if s != (n, 10)}
+        assert not fresh & warmed, "a thread allocated its buffers again"
+        if not fresh:
+            break
+        warmed |= fresh
+    else:
+        pytest.fail("buffers were still being allocated after 30 rounds")
+    assert [s for s, _ in allocated] == [(n, 10)] * 2
     # at most two results alive at once (the old y until reassigned), NumPy's fixed reduction
     # scratch (8192 elements, freed at once) and Python bookkeeping (futures, slices; how much
     # of it is alive at the peak depends on thread timing, 66-72 KiB seen under load): nothing
@@ -489,7 +513,7 @@ def test_threads_env_var() -> None:
         "x = np.ones((5000, 64), np.float32)\n"
         "y = m(x)\n"
         "m.train(); ref = m(x)\n"
-        "print(len(rows) - 1, bool(np.allclose(y, ref, rtol=1e-6)))\n"
+        "print(len(rows) - 1, bool(np.allclose(y, ref, rtol=1e-5, atol=1e-5)))\n"
     )
 
     def run(value: str) -> subprocess.CompletedProcess[str]:
@@ -630,7 +654,7 @@ def test_cupy_linear_glue_with_a_numpy_stand_in(bias: bool, monkeypatch: Any) ->
     x = rng.standard_normal((9, 6)).astype(np.float32)
     w = rng.standard_normal((6, 5)).astype(np.float32)
     bb = rng.standard_normal(5).astype(np.float32) if bias else None
-    z = x @ w + (bb if bias else 0)
+    z = x @ w + (bb if bb is not None else 0)
     want = {
         None: z,
         "relu": np.maximum(z, 0),
@@ -652,7 +676,7 @@ def test_cupy_linear_glue_with_a_numpy_stand_in(bias: bool, monkeypatch: Any) ->
             bshape = (5,) if bias else np.shape(b.zero_for(y))  # no bias: a zero is added
             assert cp.kernels.calls == [(f"minifw_bias_{act or 'none'}", ((9, 5), bshape))]
     # a non-contiguous bias is made contiguous for the softmax kernel (it indexes b[j])
-    if bias:
+    if bb is not None:
         strided = np.repeat(bb, 2)[::2]
         y = b.linear(x, w, strided, None, "softmax")
         np.testing.assert_allclose(y, want["softmax"], rtol=1e-5, atol=1e-6)
