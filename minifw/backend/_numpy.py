@@ -249,5 +249,22 @@ def _blas_libs() -> list[Any]:
         return []
 
 
+def check_env() -> None:
+    """Read and check ``MINIFW_NUM_THREADS`` and ``MINIFW_FUSED_GEMM`` (each once per
+    process): a bad value is a :class:`BackendError` naming the variable and the value, at
+    the backend's first use, whatever the batch size."""
+    _env_threads.get()
+    _gemm.wanted.get()
+
+
+def reset_env_for_tests() -> None:
+    """Forget the environment variables read by :func:`check_env` and the GEMM lookup
+    (tests only; ``minifw.backend._reset_for_tests`` calls it)."""
+    _env_threads.reset()
+    _gemm.wanted.reset()
+    _gemm._funcs.reset()
+
+
 def load() -> NumpyBackend:
+    check_env()
     return NumpyBackend(np, np.__version__)
