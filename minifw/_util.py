@@ -60,3 +60,58 @@ class KeyedOnce(Generic[T]):
 
 
 _UNSET: Any = object()
+
+
+class ForkGate:
+    """Many threads may hold the gate at once (``with gate:``); :meth:`before_fork` waits
+    until no other thread holds it and keeps new holders out until :meth:`after_fork` (in
+    the parent; :meth:`after_fork_in_child` in the child).
+
+    The inference plan holds it around its work, so that ``os.fork()`` never copies a
+    process in the middle of a BLAS call or a chunk on the worker threads (OpenBLAS then
+    hangs, in the parent's fork or in the child's next call). A thread may hold it more than
+    once (nested); a thread that forks while holding it does not wait for itself.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0  # threads holding the gate
+        self._forking = False
+        self._tls = threading.local()
+
+    def __enter__(self) -> None:
+        tls = self._tls
+        depth = getattr(tls, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._forking:
+                    self._cond.wait()
+                self._active += 1
+        tls.depth = depth + 1
+
+    def __exit__(self, *exc: object) -> None:
+        tls = self._tls
+        tls.depth -= 1
+        if tls.depth == 0:
+            with self._cond:
+                self._active -= 1
+                if self._forking:
+                    self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        own = 1 if getattr(self._tls, "depth", 0) else 0
+        with self._cond:
+            self._forking = True
+            while self._active > own:
+                self._cond.wait()
+
+    def after_fork(self) -> None:
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        """The child has only the forking thread: fresh lock, no other holder."""
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 1 if getattr(self._tls, "depth", 0) else 0
+        self._forking = False

@@ -31,6 +31,7 @@ import os
 import threading
 from typing import Any
 
+from ._util import ForkGate
 from .layers.module import SERVICES, Module
 
 #: activations a fused step takes (the backend's ``linear(..., act=)``)
@@ -198,12 +199,16 @@ class _Fused:
                 block(x[s : s + chunk], y[s : s + chunk])
 
         with self.backend.parallel_section():
-            futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+            got = _claim(threads)
             try:
-                work()
+                futures = [_pool(threads - 1).submit(work) for _ in range(got - 1)]
+                try:
+                    work()
+                finally:
+                    for f in futures:
+                        f.result()
             finally:
-                for f in futures:
-                    f.result()
+                _release(got)
 
 
 class _Layer:
@@ -256,6 +261,10 @@ class Plan:
     def run(self, x: Any, max_rows: int | None = None) -> Any:
         """The model's output for a native array ``x`` of the model's dtype: a new array
         (chunks of at most ``max_rows`` rows at a time)."""
+        with FORK_GATE:  # os.fork() waits for this call (see _util.ForkGate)
+            return self._run(x, max_rows)
+
+    def _run(self, x: Any, max_rows: int | None) -> Any:
         segs = self.segments
         if len(segs) == 1:
             return segs[0].run(x, max_rows)
@@ -302,16 +311,46 @@ _executor: Any = None
 _executor_size = 0
 
 
+#: Held by every plan run; ``os.fork()`` waits until no other thread holds it.
+FORK_GATE = ForkGate()
+_busy_lock = threading.Lock()
+_busy = 0  # threads running chunks (callers and workers), all concurrent plan runs together
+
+
+def _claim(want: int) -> int:
+    """How many threads (the caller included, at least 1) a chunked run may use now: what
+    the concurrent runs leave of ``want``. The others' chunks already keep the cores busy,
+    so a caller that gets 1 runs its chunks on its own thread instead of queueing behind
+    them on the pool; the chunks are the same, so the bits are too."""
+    global _busy
+    with _busy_lock:
+        got = max(1, min(want, want - _busy))
+        _busy += got
+        return got
+
+
+def _release(got: int) -> None:
+    global _busy
+    with _busy_lock:
+        _busy -= got
+
+
 def _after_fork_in_child() -> None:
     """A forked child has none of the parent's threads: start afresh (a stale pool would
     accept work that no thread ever runs)."""
-    global _executor, _executor_size, _pool_lock
+    global _executor, _executor_size, _pool_lock, _busy_lock, _busy
     _executor, _executor_size = None, 0
     _pool_lock = threading.Lock()
+    _busy_lock, _busy = threading.Lock(), 0
+    FORK_GATE.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=FORK_GATE.before_fork,
+        after_in_parent=FORK_GATE.after_fork,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _pool(size: int) -> Any:

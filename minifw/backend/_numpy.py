@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -210,14 +211,24 @@ _env_threads: Once[int | None] = Once(_read_threads_env)
 
 
 class _BlasLimiter:
-    """Holds BLAS to one thread while any plan's chunks run (reference-counted, so
-    concurrent predict calls restore the user's setting only when the last one ends)."""
+    """Holds BLAS to one thread while any plan's chunks run, process-wide (BLAS libraries
+    have one setting per process), reference-counted: concurrent chunked runs restore the
+    user's setting only when the last one ends, so every chunk runs on one BLAS thread and
+    gives the same bits, from any thread, alone or concurrently.
+
+    OpenBLAS is set through its own ``openblas_set_num_threads``: ``threadpoolctl``'s
+    setter obeys only the first thread that used it and silently does nothing in any
+    other, so a predict from another thread used to run its chunks on every BLAS thread
+    (all cores per chunk, at once: slower, and other bits). Other libraries go through
+    ``threadpoolctl``.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: list[tuple[Any, int]] = []
-        self._libs = Once(_blas_libs)
+        self._libs: Once[list[tuple[Any, Any]]] = Once(_blas_libs)
+        _LIMITERS.add(self)
 
     def available(self) -> bool:
         return bool(self._libs.get())
@@ -225,28 +236,67 @@ class _BlasLimiter:
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
-                self._saved = [(lc, lc.get_num_threads()) for lc in self._libs.get()]
-                for lc, _ in self._saved:
-                    lc.set_num_threads(1)
+                libs = self._libs.get()
+                self._saved = [(set_, get()) for set_, get in libs]
+                for set_, _ in self._saved:
+                    set_(1)
             self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for lc, n in self._saved:
-                    lc.set_num_threads(n)
+                for set_, n in self._saved:
+                    set_(n)
                 self._saved = []
 
+    def _after_fork_in_child(self) -> None:
+        """Only the forking thread lives on in a child (the fork gate let no section run
+        across the fork)."""
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = []
 
-def _blas_libs() -> list[Any]:
+
+_LIMITERS: weakref.WeakSet[_BlasLimiter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for limiter in list(_LIMITERS):
+        limiter._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _blas_libs() -> list[tuple[Any, Any]]:
+    """``(set_num_threads, get_num_threads)`` for each BLAS library loaded."""
     try:
         from threadpoolctl import ThreadpoolController
 
-        ctl = ThreadpoolController()
-        return [lc for lc in ctl.lib_controllers if lc.user_api == "blas"]
+        libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
     except Exception:  # not installed, or an unknown BLAS
         return []
+    out = []
+    for lc in libs:
+        set_ = _openblas_setter(lc) if lc.internal_api == "openblas" else None
+        out.append((set_ or lc.set_num_threads, lc.get_num_threads))
+    return out
+
+
+def _openblas_setter(lc: Any) -> Any:
+    """OpenBLAS's own ``openblas_set_num_threads`` (under any of its symbol prefixes and
+    suffixes), or ``None``."""
+    import ctypes
+
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_"):
+            f = getattr(lc.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if f is not None:
+                f.argtypes, f.restype = [ctypes.c_int], None
+                return f
+    return None
 
 
 def check_env() -> None:
