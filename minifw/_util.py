@@ -74,7 +74,8 @@ class ForkGate:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0  # threads holding the gate
         self._forking = False
         self._tls = threading.local()
@@ -82,21 +83,29 @@ class ForkGate:
     def __enter__(self) -> None:
         tls = self._tls
         depth = getattr(tls, "depth", 0)
-        if depth == 0:
-            with self._cond:
+        if not depth:
+            lock = self._lock
+            lock.acquire()  # the raw lock (not the Condition's with): this is on every call
+            try:
                 while self._forking:
                     self._cond.wait()
                 self._active += 1
+            finally:
+                lock.release()
         tls.depth = depth + 1
 
     def __exit__(self, *exc: object) -> None:
         tls = self._tls
         tls.depth -= 1
-        if tls.depth == 0:
-            with self._cond:
+        if not tls.depth:
+            lock = self._lock
+            lock.acquire()
+            try:
                 self._active -= 1
                 if self._forking:
                     self._cond.notify_all()
+            finally:
+                lock.release()
 
     def before_fork(self) -> None:
         own = 1 if getattr(self._tls, "depth", 0) else 0
@@ -112,6 +121,7 @@ class ForkGate:
 
     def after_fork_in_child(self) -> None:
         """The child has only the forking thread: fresh lock, no other holder."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 1 if getattr(self._tls, "depth", 0) else 0
         self._forking = False

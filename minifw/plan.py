@@ -120,13 +120,15 @@ class _Fused:
         b = self.backend
         y = b.empty((n, self.widths[-1]), x.dtype)
         chunk, threads = self.split(n, max_rows)
-        if chunk >= n:
-            self._block(x, y)
-        elif threads > 1:
+        if chunk < n and threads > 1:
             self._parallel(x, y, chunk, threads)
-        else:
-            for s in range(0, n, chunk):
-                self._block(x[s : s + chunk], y[s : s + chunk])
+            return y
+        with b.whole_section():  # never while another thread's chunks hold BLAS narrow
+            if chunk >= n:
+                self._block(x, y)
+            else:
+                for s in range(0, n, chunk):
+                    self._block(x[s : s + chunk], y[s : s + chunk])
         return y
 
     def _layers(self, x: Any) -> Any:
@@ -218,7 +220,10 @@ class _Layer:
         self.m = m
 
     def run(self, x: Any, max_rows: int | None) -> Any:
-        return self.m._forward(x, False, False)[0]
+        if hasattr(self.m, "_infer"):  # a nested model: its own plan takes its sections
+            return self.m._forward(x, False, False)[0]
+        with self.m.backend.whole_section():
+            return self.m._forward(x, False, False)[0]
 
     def describe(self) -> str:
         return self.m._describe()

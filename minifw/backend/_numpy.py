@@ -191,7 +191,10 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
         return want if want > 1 and self._blas.available() else 1
 
     def parallel_section(self) -> Any:
-        return self._blas
+        return self._blas.narrow
+
+    def whole_section(self) -> Any:
+        return self._blas.wide
 
 
 def _read_threads_env() -> int | None:
@@ -211,10 +214,19 @@ _env_threads: Once[int | None] = Once(_read_threads_env)
 
 
 class _BlasLimiter:
-    """Holds BLAS to one thread while any plan's chunks run, process-wide (BLAS libraries
-    have one setting per process), reference-counted: concurrent chunked runs restore the
-    user's setting only when the last one ends, so every chunk runs on one BLAS thread and
-    gives the same bits, from any thread, alone or concurrently.
+    """BLAS thread settings for two kinds of work that never overlap:
+
+    * **narrow** (``parallel_section``: a plan's chunks on several threads): BLAS held to
+      one thread, process-wide (BLAS libraries have one setting per process), so every
+      chunk gives the same bits from any thread, alone or concurrently;
+    * **wide** (``whole_section``: a training step, an unchunked inference call): the
+      user's setting.
+
+    Many sections of one kind run at once; the two kinds take turns (when both wait, the
+    kind that did not run last goes first), so the setting is changed only while no minifw
+    BLAS call runs: a training step never runs on a setting that a concurrent predict
+    changed, and ``fit`` gives the same bits with or without predicts in other threads.
+    A thread inside a section that asks for the other kind (nested) keeps the one it holds.
 
     OpenBLAS is set through its own ``openblas_set_num_threads``: ``threadpoolctl``'s
     setter obeys only the first thread that used it and silently does nothing in any
@@ -223,39 +235,101 @@ class _BlasLimiter:
     ``threadpoolctl``.
     """
 
+    _lock: Any  # threading.Lock
+    _cond: threading.Condition
+    _active: int  # threads inside sections of kind _mode
+    _mode: bool | None  # True: narrow, False: wide, None: no section runs
+    _last: bool | None  # the kind of the last turn
+    _waiting: dict[bool, int]
+    _saved: list[tuple[Any, int]]
+    _tls: threading.local
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: list[tuple[Any, int]] = []
         self._libs: Once[list[tuple[Any, Any]]] = Once(_blas_libs)
+        self._after_fork_in_child()
+        self.narrow = _Section(self, True)
+        self.wide = _Section(self, False)
         _LIMITERS.add(self)
 
     def available(self) -> bool:
         return bool(self._libs.get())
 
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                libs = self._libs.get()
-                self._saved = [(set_, get()) for set_, get in libs]
-                for set_, _ in self._saved:
-                    set_(1)
-            self._depth += 1
+    def _may(self, narrow: bool) -> bool:
+        if self._active == 0:  # between turns: the other kind first if it waits, after ours
+            return not self._waiting[not narrow] or self._last is not narrow
+        return self._mode is narrow and not self._waiting[not narrow]
 
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for set_, n in self._saved:
-                    set_(n)
-                self._saved = []
+    def _enter(self, narrow: bool) -> None:
+        tls = self._tls
+        depth = getattr(tls, "depth", 0)
+        if depth:  # nested: keep the kind this thread holds
+            tls.depth = depth + 1
+            return
+        lock = self._lock
+        lock.acquire()  # the raw lock (not the Condition's with): this is on every call
+        try:
+            if not self._may(narrow):
+                self._waiting[narrow] += 1
+                while not self._may(narrow):
+                    self._cond.wait()
+                self._waiting[narrow] -= 1
+            if self._active == 0:
+                self._mode = narrow
+                if narrow:
+                    self._saved = [(set_, get()) for set_, get in self._libs.get()]
+                    for set_, _ in self._saved:
+                        set_(1)
+            self._active += 1
+        finally:
+            lock.release()
+        tls.depth = 1
+
+    def _exit(self) -> None:
+        tls = self._tls
+        tls.depth -= 1
+        if tls.depth:
+            return
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._active -= 1
+            if self._active == 0:
+                if self._mode:
+                    for set_, n in self._saved:
+                        set_(n)
+                    self._saved = []
+                self._last, self._mode = self._mode, None
+                if self._waiting[True] or self._waiting[False]:
+                    self._cond.notify_all()
+            elif self._waiting[not self._mode]:
+                self._cond.notify_all()
+        finally:
+            lock.release()
 
     def _after_fork_in_child(self) -> None:
-        """Only the forking thread lives on in a child (the fork gate let no section run
-        across the fork)."""
+        """A fresh state (also at the start). In a child only the forking thread lives on,
+        and the fork gate let no section run across the fork."""
         self._lock = threading.Lock()
-        self._depth = 0
+        self._cond = threading.Condition(self._lock)
+        self._active = 0
+        self._mode = None
+        self._last = None
+        self._waiting = {True: 0, False: 0}
         self._saved = []
+        self._tls = threading.local()
+
+
+class _Section:
+    def __init__(self, limiter: _BlasLimiter, narrow: bool) -> None:
+        self._enter = limiter._enter
+        self._exit = limiter._exit
+        self._narrow = narrow
+
+    def __enter__(self) -> None:
+        self._enter(self._narrow)
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit()
 
 
 _LIMITERS: weakref.WeakSet[_BlasLimiter] = weakref.WeakSet()
