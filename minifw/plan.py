@@ -40,6 +40,7 @@ import os
 import threading
 from typing import Any
 
+from ._util import ForkGate
 from .errors import ShapeError
 from .layers.activations import Identity, _Activation
 from .layers.flatten import Flatten
@@ -147,13 +148,15 @@ class _Fused:
         b = self.backend
         y = b.empty((n, self.widths[-1]), x.dtype)
         chunk, threads = self.split(n, max_rows)
-        if chunk >= n:
-            self._block(x, y)
-        elif threads > 1:
+        if chunk < n and threads > 1:
             self._parallel(x, y, chunk, threads)
-        else:
-            for s in range(0, n, chunk):
-                self._block(x[s : s + chunk], y[s : s + chunk])
+            return y
+        with b.whole_section():  # never while another thread's chunks hold BLAS narrow
+            if chunk >= n:
+                self._block(x, y)
+            else:
+                for s in range(0, n, chunk):
+                    self._block(x[s : s + chunk], y[s : s + chunk])
         return y
 
     def _layers(self, x: Any) -> Any:
@@ -228,9 +231,10 @@ class _Fused:
 
 
 def _run_chunks(backend: Any, nchunks: int, threads: int, one: Any, prepare: Any = None) -> None:
-    """``one(i)`` for every chunk ``i < nchunks`` on ``threads`` threads (this one and the
-    pool's), each thread taking the next chunk when done, inside the backend's
-    ``parallel_section``; ``prepare()`` runs first on each thread."""
+    """``one(i)`` for every chunk ``i < nchunks`` on up to ``threads`` threads (this one and
+    the pool's, as many as concurrent runs leave free), each thread taking the next chunk
+    when done, inside the backend's ``parallel_section``; ``prepare()`` runs first on each
+    thread."""
     counter = itertools.count()
 
     def work() -> None:
@@ -243,12 +247,16 @@ def _run_chunks(backend: Any, nchunks: int, threads: int, one: Any, prepare: Any
             one(i)
 
     with backend.parallel_section():
-        futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+        got = _claim(threads)
         try:
-            work()
+            futures = [_pool(threads - 1).submit(work) for _ in range(got - 1)]
+            try:
+                work()
+            finally:
+                for f in futures:
+                    f.result()
         finally:
-            for f in futures:
-                f.result()
+            _release(got)
 
 
 class _Layer:
@@ -258,7 +266,10 @@ class _Layer:
         self.m = m
 
     def run(self, x: Any, max_rows: int | None = None) -> Any:
-        return self.m._forward(x, False, False)[0]
+        if hasattr(self.m, "_infer"):  # a nested model: its own plan takes its sections
+            return self.m._forward(x, False, False)[0]
+        with self.m.backend.whole_section():
+            return self.m._forward(x, False, False)[0]
 
     def describe(self) -> str:
         return self.m._describe()
@@ -401,15 +412,17 @@ class Plan:
                     continue
             merged.append(s)
         self.segments = _grouped(self.backend, merged)
-        if len(self.segments) == 1:  # one segment: the plan's run is the segment's
-            self.run = self.segments[0].run  # type: ignore[method-assign]
+        self._single = self.segments[0].run if len(self.segments) == 1 else None
 
     def run(self, x: Any, max_rows: int | None = None) -> Any:
         """The model's output for a native array ``x`` of the model's dtype: a new array
         (chunks of at most ``max_rows`` rows at a time)."""
+        with FORK_GATE:  # os.fork() waits for this call (see _util.ForkGate)
+            single = self._single
+            return single(x, max_rows) if single is not None else self._run(x, max_rows)
+
+    def _run(self, x: Any, max_rows: int | None) -> Any:
         segs = self.segments
-        if len(segs) == 1:
-            return segs[0].run(x, max_rows)
         n = x.shape[0] if len(x.shape) >= 2 else 1
         if max_rows is None or n <= max_rows or len(x.shape) < 2:
             for s in segs:
@@ -477,16 +490,46 @@ _executor: Any = None
 _executor_size = 0
 
 
+#: Held by every plan run; ``os.fork()`` waits until no other thread holds it.
+FORK_GATE = ForkGate()
+_busy_lock = threading.Lock()
+_busy = 0  # threads running chunks (callers and workers), all concurrent plan runs together
+
+
+def _claim(want: int) -> int:
+    """How many threads (the caller included, at least 1) a chunked run may use now: what
+    the concurrent runs leave of ``want``. The others' chunks already keep the cores busy,
+    so a caller that gets 1 runs its chunks on its own thread instead of queueing behind
+    them on the pool; the chunks are the same, so the bits are too."""
+    global _busy
+    with _busy_lock:
+        got = max(1, min(want, want - _busy))
+        _busy += got
+        return got
+
+
+def _release(got: int) -> None:
+    global _busy
+    with _busy_lock:
+        _busy -= got
+
+
 def _after_fork_in_child() -> None:
     """A forked child has none of the parent's threads: start afresh (a stale pool would
     accept work that no thread ever runs)."""
-    global _executor, _executor_size, _pool_lock
+    global _executor, _executor_size, _pool_lock, _busy_lock, _busy
     _executor, _executor_size = None, 0
     _pool_lock = threading.Lock()
+    _busy_lock, _busy = threading.Lock(), 0
+    FORK_GATE.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=FORK_GATE.before_fork,
+        after_in_parent=FORK_GATE.after_fork,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _pool(size: int) -> Any:

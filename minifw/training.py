@@ -298,6 +298,7 @@ def fit(
     back = list(range(len(body) - 1, first - 1, -1))
     xbuf = b.empty((min(batch_size, n), *X.shape[1:]), X.dtype) if b.mutable else None
     slots = list(model.named_parameter_slots())
+    section = b.whole_section()
     lock = _fit_lock(model)
     if not lock.acquire(blocking=False):
         raise RuntimeError(
@@ -327,36 +328,37 @@ def fit(
                         yb = b.take_rows(T.y, idx)
                         cb = b.take_rows(T.cls, idx) if T.cls is not None else None
                         owned = True
-                    h = xb
-                    for m in body:
-                        h, owned = m._forward(h, owned, True)
-                    correct = _correct(b, h, cb, yb, T.binary)
-                    lval, grad = _loss_step(b, loss_obj, fused, h, owned, yb, True)
-                    lf = float(lval)
-                    where_step = (
-                        f"at epoch {epoch + 1}, step {step + 1} of {steps} (samples {s}..{e - 1} "
-                        "of this epoch's order)"
-                    )
-                    if not math.isfinite(lf):
-                        _non_finite(f"the loss became {lf}", where_step, epoch, step, history)
-                    for i in back:
-                        grad = body[i]._backward(grad, i > first)
-                    bad = [key for key, m, nm in slots if not b.all_finite([m.grads[nm]])]
-                    if bad:
-                        _non_finite(
-                            f"the gradient of {', '.join(bad)} is not finite", where_step,
-                            epoch, step, history,
-                        )  # fmt: skip
-                    saved = [(m, nm, b.copy(m.get_param(nm))) for _, m, nm in slots]
-                    opt.step(model)
-                    bad = [key for key, m, nm in slots if not b.all_finite([m.get_param(nm)])]
-                    if bad:
-                        for m, nm, old in saved:  # back to the weights before this step
-                            m._assign(nm, b.assign(m.get_param(nm), old))
-                        _non_finite(
-                            f"the update made {', '.join(bad)} non-finite", where_step,
-                            epoch, step, history,
-                        )  # fmt: skip
+                    with section:  # BLAS as the user set it, whatever other threads do
+                        h = xb
+                        for m in body:
+                            h, owned = m._forward(h, owned, True)
+                        correct = _correct(b, h, cb, yb, T.binary)
+                        lval, grad = _loss_step(b, loss_obj, fused, h, owned, yb, True)
+                        lf = float(lval)
+                        where_step = (
+                            f"at epoch {epoch + 1}, step {step + 1} of {steps} (samples {s}..{e - 1} "
+                            "of this epoch's order)"
+                        )
+                        if not math.isfinite(lf):
+                            _non_finite(f"the loss became {lf}", where_step, epoch, step, history)
+                        for i in back:
+                            grad = body[i]._backward(grad, i > first)
+                        bad = [key for key, m, nm in slots if not b.all_finite([m.grads[nm]])]
+                        if bad:
+                            _non_finite(
+                                f"the gradient of {', '.join(bad)} is not finite", where_step,
+                                epoch, step, history,
+                            )  # fmt: skip
+                        saved = [(m, nm, b.copy(m.get_param(nm))) for _, m, nm in slots]
+                        opt.step(model)
+                        bad = [key for key, m, nm in slots if not b.all_finite([m.get_param(nm)])]
+                        if bad:
+                            for m, nm, old in saved:  # back to the weights before this step
+                                m._assign(nm, b.assign(m.get_param(nm), old))
+                            _non_finite(
+                                f"the update made {', '.join(bad)} non-finite", where_step,
+                                epoch, step, history,
+                            )  # fmt: skip
                     loss_sum += lf * nb
                     correct_sum += int(correct)
                     seen += nb

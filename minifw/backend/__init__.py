@@ -184,8 +184,13 @@ Backend.registry = sys.modules[__name__]
 
 
 def _reset_for_tests() -> None:
-    """Forget the env var and the default (tests only)."""
+    """Forget the env var and the default (tests only); with the NumPy engine loaded, also
+    the ``MINIFW_NUM_THREADS`` / ``MINIFW_FUSED_GEMM`` values it read (the next
+    ``minifw.backend._numpy.load()`` or large batch reads them again)."""
     global _default, _env_read, _env_value
     _default = None
     _env_read = False
     _env_value = None
+    numpy_engine = sys.modules.get(__name__ + "._numpy")
+    if numpy_engine is not None:
+        numpy_engine.reset_env_for_tests()

@@ -124,8 +124,13 @@ def _wanted() -> bool:
     raise BackendError(f"MINIFW_FUSED_GEMM={env!r}: use 0 (matmul + add) or 1 (the default)")
 
 
+#: ``MINIFW_FUSED_GEMM`` read and checked once (at the NumPy backend's start, see
+#: ``_numpy.load``; ``_numpy.reset_env_for_tests`` forgets it)
+wanted: Once[bool] = Once(_wanted)
+
+
 def _build() -> dict[Any, Any]:
-    if not _wanted():
+    if not wanted.get():
         return {}
     try:
         return _load()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -203,7 +204,10 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
         return t
 
     def parallel_section(self) -> Any:
-        return self._blas
+        return self._blas.narrow
+
+    def whole_section(self) -> Any:
+        return self._blas.wide
 
 
 def _read_threads_env() -> int | None:
@@ -223,44 +227,181 @@ _env_threads: Once[int | None] = Once(_read_threads_env)
 
 
 class _BlasLimiter:
-    """Holds BLAS to one thread while any plan's chunks run (reference-counted, so
-    concurrent predict calls restore the user's setting only when the last one ends)."""
+    """BLAS thread settings for two kinds of work that never overlap:
+
+    * **narrow** (``parallel_section``: a plan's chunks on several threads): BLAS held to
+      one thread, process-wide (BLAS libraries have one setting per process), so every
+      chunk gives the same bits from any thread, alone or concurrently;
+    * **wide** (``whole_section``: a training step, an unchunked inference call): the
+      user's setting.
+
+    Many sections of one kind run at once; the two kinds take turns (when both wait, the
+    kind that did not run last goes first), so the setting is changed only while no minifw
+    BLAS call runs: a training step never runs on a setting that a concurrent predict
+    changed, and ``fit`` gives the same bits with or without predicts in other threads.
+    A thread inside a section that asks for the other kind (nested) keeps the one it holds.
+
+    OpenBLAS is set through its own ``openblas_set_num_threads``: ``threadpoolctl``'s
+    setter obeys only the first thread that used it and silently does nothing in any
+    other, so a predict from another thread used to run its chunks on every BLAS thread
+    (all cores per chunk, at once: slower, and other bits). Other libraries go through
+    ``threadpoolctl``.
+    """
+
+    _lock: Any  # threading.Lock
+    _cond: threading.Condition
+    _active: int  # threads inside sections of kind _mode
+    _mode: bool | None  # True: narrow, False: wide, None: no section runs
+    _last: bool | None  # the kind of the last turn
+    _waiting: dict[bool, int]
+    _saved: list[tuple[Any, int]]
+    _tls: threading.local
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: list[tuple[Any, int]] = []
-        self._libs = Once(_blas_libs)
+        self._libs: Once[list[tuple[Any, Any]]] = Once(_blas_libs)
+        self._after_fork_in_child()
+        self.narrow = _Section(self, True)
+        self.wide = _Section(self, False)
+        _LIMITERS.add(self)
 
     def available(self) -> bool:
         return bool(self._libs.get())
 
+    def _may(self, narrow: bool) -> bool:
+        if self._active == 0:  # between turns: the other kind first if it waits, after ours
+            return not self._waiting[not narrow] or self._last is not narrow
+        return self._mode is narrow and not self._waiting[not narrow]
+
+    def _enter(self, narrow: bool) -> None:
+        tls = self._tls
+        depth = getattr(tls, "depth", 0)
+        if depth:  # nested: keep the kind this thread holds
+            tls.depth = depth + 1
+            return
+        lock = self._lock
+        lock.acquire()  # the raw lock (not the Condition's with): this is on every call
+        try:
+            if not self._may(narrow):
+                self._waiting[narrow] += 1
+                while not self._may(narrow):
+                    self._cond.wait()
+                self._waiting[narrow] -= 1
+            if self._active == 0:
+                self._mode = narrow
+                if narrow:
+                    self._saved = [(set_, get()) for set_, get in self._libs.get()]
+                    for set_, _ in self._saved:
+                        set_(1)
+            self._active += 1
+        finally:
+            lock.release()
+        tls.depth = 1
+
+    def _exit(self) -> None:
+        tls = self._tls
+        tls.depth -= 1
+        if tls.depth:
+            return
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._active -= 1
+            if self._active == 0:
+                if self._mode:
+                    for set_, n in self._saved:
+                        set_(n)
+                    self._saved = []
+                self._last, self._mode = self._mode, None
+                if self._waiting[True] or self._waiting[False]:
+                    self._cond.notify_all()
+            elif self._waiting[not self._mode]:
+                self._cond.notify_all()
+        finally:
+            lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        """A fresh state (also at the start). In a child only the forking thread lives on,
+        and the fork gate let no section run across the fork."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._active = 0
+        self._mode = None
+        self._last = None
+        self._waiting = {True: 0, False: 0}
+        self._saved = []
+        self._tls = threading.local()
+
+
+class _Section:
+    def __init__(self, limiter: _BlasLimiter, narrow: bool) -> None:
+        self._enter = limiter._enter
+        self._exit = limiter._exit
+        self._narrow = narrow
+
     def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                self._saved = [(lc, lc.get_num_threads()) for lc in self._libs.get()]
-                for lc, _ in self._saved:
-                    lc.set_num_threads(1)
-            self._depth += 1
+        self._enter(self._narrow)
 
     def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for lc, n in self._saved:
-                    lc.set_num_threads(n)
-                self._saved = []
+        self._exit()
 
 
-def _blas_libs() -> list[Any]:
+_LIMITERS: weakref.WeakSet[_BlasLimiter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for limiter in list(_LIMITERS):
+        limiter._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _blas_libs() -> list[tuple[Any, Any]]:
+    """``(set_num_threads, get_num_threads)`` for each BLAS library loaded."""
     try:
         from threadpoolctl import ThreadpoolController
 
-        ctl = ThreadpoolController()
-        return [lc for lc in ctl.lib_controllers if lc.user_api == "blas"]
+        libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
     except Exception:  # not installed, or an unknown BLAS
         return []
+    out = []
+    for lc in libs:
+        set_ = _openblas_setter(lc) if lc.internal_api == "openblas" else None
+        out.append((set_ or lc.set_num_threads, lc.get_num_threads))
+    return out
+
+
+def _openblas_setter(lc: Any) -> Any:
+    """OpenBLAS's own ``openblas_set_num_threads`` (under any of its symbol prefixes and
+    suffixes), or ``None``."""
+    import ctypes
+
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_"):
+            f = getattr(lc.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if f is not None:
+                f.argtypes, f.restype = [ctypes.c_int], None
+                return f
+    return None
+
+
+def check_env() -> None:
+    """Read and check ``MINIFW_NUM_THREADS`` and ``MINIFW_FUSED_GEMM`` (each once per
+    process): a bad value is a :class:`BackendError` naming the variable and the value, at
+    the backend's first use, whatever the batch size."""
+    _env_threads.get()
+    _gemm.wanted.get()
+
+
+def reset_env_for_tests() -> None:
+    """Forget the environment variables read by :func:`check_env` and the GEMM lookup
+    (tests only; ``minifw.backend._reset_for_tests`` calls it)."""
+    _env_threads.reset()
+    _gemm.wanted.reset()
+    _gemm._funcs.reset()
 
 
 def load() -> NumpyBackend:
+    check_env()
     return NumpyBackend(np, np.__version__)

@@ -397,5 +397,13 @@ class Ops(ConvOps):
 
         return contextlib.nullcontext()
 
+    def whole_section(self) -> Any:
+        """A context manager entered around work on the engine's own threads (a training
+        step, an unchunked inference call): it never overlaps a ``parallel_section`` that
+        changes them (NumPy), so such work gives the same bits whatever other threads do."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
 
 __all__ = ["ACTIVATIONS", "SCRATCH", "Ops"]

@@ -19,6 +19,7 @@ from .machine import machine_info
 from .nets import MINIFW_REF, MINIFW_REF_GPU, NETWORKS, SMOKE_BATCHES
 from .report import chart, markdown
 from .runner import bench_inference, bench_training, log
+from .serving import bench_serving
 from .timing import Timer
 
 PROG = "minifw bench"
@@ -63,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
         "spinning worker threads to go idle (default 0.5; 0.3 quick)",
     )
     ap.add_argument("--no-train", action="store_true", help="skip the training epoch")
+    ap.add_argument(
+        "--no-serving",
+        action="store_true",
+        help="skip the serving case (1, 2, 4 client threads calling predict on W)",
+    )
     ap.add_argument("--train-epochs", type=int, default=None, help="epochs per engine")
     ap.add_argument("--data-dir", type=Path, default=None, help="for the Fashion-MNIST epoch")
     ap.add_argument(
@@ -142,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = machine_info()
     with np.errstate(over="ignore"):  # the book's sigmoid overflows in exp for large -x
         result["inference"] = bench_inference(args, timer, backends, notes)
+    if args.no_serving:
+        result["serving"] = []
+    else:
+        log(args, "serving: 1, 2, 4 client threads")
+        serve_s = 0.05 if args.smoke else 0.3 if args.quick else 1.0
+        result["serving"] = bench_serving(serve_s, 1 if args.smoke else 3 if args.quick else 5)
     if args.no_train:
         result["training"] = {"skipped": "--no-train"}
     else:

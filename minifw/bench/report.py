@@ -8,6 +8,7 @@ from typing import Any
 from minifw._atomic import atomic_write
 
 from .nets import MINIFW_REF
+from .serving import serving_markdown
 
 
 def _calls(n: int) -> str:
@@ -95,6 +96,7 @@ def markdown(result: dict[str, Any]) -> str:
             )
         lines.append("")
     lines += _own_speed_table(result["inference"])
+    lines += serving_markdown(result.get("serving", []))
     tr = result.get("training")
     lines.append("## Training: one epoch, 784-256-128-10 ReLU, batch 128, Adam")
     lines.append("")

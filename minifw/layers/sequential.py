@@ -15,6 +15,14 @@ from .module import SERVICES, Module
 class Sequential(Module):
     """A chain of modules. ``state_dict`` keys are ``"<position>.<param>"``.
 
+    Each module may appear only once in a model (directly or inside a nested
+    ``Sequential``): a layer keeps one forward cache and one set of gradients, so using it
+    twice would give wrong gradients, and a saved model could not say that two positions
+    share weights. ``Sequential(d, Tanh(), d)`` raises a ``ValueError`` naming both
+    positions; use two layers (``copy.deepcopy(d)`` for a copy). One layer may belong to
+    two *different* models: both then read and train the same arrays (each ``fit`` updates
+    them, each model's ``save`` writes its own copy, and ``load`` gives independent models).
+
     >>> model = Sequential(Dense(784, 50), Sigmoid(), Dense(50, 10), Softmax())
     >>> model[0].weight.shape
     (784, 50)
@@ -45,6 +53,7 @@ class Sequential(Module):
             )
         if module is self or any(m is self for m in module.modules()):
             raise ValueError("Sequential: a model cannot contain itself")
+        self._check_unique(module, index)
         mine = self._param_backend()
         theirs = _param_backend_of(module)
         if mine is not None and theirs is not None and mine is not theirs:
@@ -52,6 +61,25 @@ class Sequential(Module):
                 f"Sequential: item {index} ({type(module).__name__}) has parameters on backend "
                 f"{theirs.name!r} but the model's are on {mine.name!r}; move it with "
                 f".to({mine.name!r}) first"
+            )
+
+    def _check_unique(self, module: Module, index: int) -> None:
+        """Refuse a module (or one inside it) that is already at another position."""
+        where: dict[int, str] = {}
+        for i, m in enumerate(self._modules):
+            if i != index:  # __setitem__ replaces the module at ``index``
+                for sub, path in _walk(m, str(i)):
+                    where.setdefault(id(sub), path)
+        for sub, path in _walk(module, str(index)):
+            other = where.get(id(sub))
+            if other is None:
+                where[id(sub)] = path  # twice inside ``module`` itself
+                continue
+            raise ValueError(
+                f"Sequential: the layer {sub._describe()} at position {path} is "
+                f"the same object as the one at position {other}; a module can appear only "
+                "once in a model (its gradients and saved weights would be wrong). Use a "
+                "separate layer, e.g. copy.deepcopy(layer)"
             )
 
     def _param_backend(self) -> Any:
@@ -251,6 +279,14 @@ def _arrow(m: Module) -> str:
     d = m._describe()
     name = type(m).__name__
     return d[len(name) :] if d.startswith(name) and d != name else ""
+
+
+def _walk(m: Module, path: str) -> Iterator[tuple[Module, str]]:
+    """``m`` and the modules inside it, each with its position (``"2"``, ``"2.0"``)."""
+    yield m, path
+    if isinstance(m, Sequential):
+        for i, sub in enumerate(m._modules):
+            yield from _walk(sub, f"{path}.{i}")
 
 
 def _param_backend_of(m: Module) -> Any:
