@@ -36,7 +36,7 @@ from .layers import (
 from .persistence import from_weights, load, save
 from .training import History, NonFiniteLossError
 
-_LAZY = ("datasets", "cli", "training", "persistence")
+_LAZY = ("datasets", "cli", "training", "persistence", "onnx")
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: submodules loaded on first use
@@ -69,6 +69,7 @@ __all__ = [
     "functional",
     "load",
     "losses",
+    "onnx",
     "optim",
     "plan",
     "register_layer",
