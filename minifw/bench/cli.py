@@ -15,6 +15,7 @@ import numpy as np
 
 from minifw._atomic import atomic_write
 
+from .imported import bench_imported
 from .machine import machine_info
 from .nets import MINIFW_REF, MINIFW_REF_GPU, NETWORKS, SMOKE_BATCHES
 from .report import chart, markdown
@@ -63,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
         "spinning worker threads to go idle (default 0.5; 0.3 quick)",
     )
     ap.add_argument("--no-train", action="store_true", help="skip the training epoch")
+    ap.add_argument(
+        "--no-imported",
+        action="store_true",
+        help='skip the "PyTorch-trained model served by minifw" case',
+    )
     ap.add_argument("--train-epochs", type=int, default=None, help="epochs per engine")
     ap.add_argument("--data-dir", type=Path, default=None, help="for the Fashion-MNIST epoch")
     ap.add_argument(
@@ -142,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = machine_info()
     with np.errstate(over="ignore"):  # the book's sigmoid overflows in exp for large -x
         result["inference"] = bench_inference(args, timer, backends, notes)
+    if args.no_imported or args.device == "cuda":
+        result["imported"] = {"skipped": "--no-imported" if args.no_imported else "CPU only"}
+    else:
+        try:
+            result["imported"] = bench_imported(args, timer, log)
+        except Exception as e:  # record, do not lose the other figures
+            result["imported"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
     if args.no_train:
         result["training"] = {"skipped": "--no-train"}
     else:
