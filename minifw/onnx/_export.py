@@ -133,6 +133,44 @@ def _dropped(layer: Any, ctx: OnnxBuilder, x: str) -> str:
     return x
 
 
+def _window_attrs(layer: Any) -> dict[str, Any]:
+    kh, kw = layer.kernel_size
+    ph, pw = layer.padding
+    return {"kernel_shape": [kh, kw], "strides": list(layer.stride), "pads": [ph, pw, ph, pw]}
+
+
+def _conv(layer: Any, ctx: OnnxBuilder, x: str) -> str:
+    ins = [x, _param(ctx, layer, "weight")]
+    if layer.use_bias:
+        ins.append(_param(ctx, layer, "bias"))
+    return ctx.add_node("Conv", ins, "conv", dilations=[1, 1], group=1, **_window_attrs(layer))
+
+
+def _maxpool(layer: Any, ctx: OnnxBuilder, x: str) -> str:
+    return ctx.add_node("MaxPool", [x], "maxpool", **_window_attrs(layer))
+
+
+def _avgpool(layer: Any, ctx: OnnxBuilder, x: str) -> str:  # the pad counts, as in minifw
+    return ctx.add_node("AveragePool", [x], "avgpool", count_include_pad=1, **_window_attrs(layer))
+
+
+def _global_avgpool(layer: Any, ctx: OnnxBuilder, x: str) -> str:
+    y = ctx.add_node("GlobalAveragePool", [x], "gap")  # (N, C, 1, 1); minifw's is (N, C)
+    return ctx.add_node("Flatten", [y], "gap_flat", axis=1)
+
+
+def _batchnorm(layer: Any, ctx: OnnxBuilder, x: str) -> str:
+    ins = [x] + [_param(ctx, layer, n) for n in ("weight", "bias", "running_mean", "running_var")]
+    # ONNX's momentum weighs the running statistic; minifw's (as PyTorch's) the batch's
+    return ctx.add_node(
+        "BatchNormalization",
+        ins,
+        "batchnorm",
+        epsilon=float(layer.eps),
+        momentum=1.0 - float(layer.momentum),
+    )
+
+
 _EXPORTERS: dict[str, Callable[[Any, OnnxBuilder, str], str]] = {
     "Dense": _dense,
     "ReLU": _simple("Relu"),
@@ -142,6 +180,12 @@ _EXPORTERS: dict[str, Callable[[Any, OnnxBuilder, str], str]] = {
     "Softmax": _softmax,
     "Flatten": _flatten,
     "Step": _step,
+    "Conv2D": _conv,
+    "MaxPool2D": _maxpool,
+    "AvgPool2D": _avgpool,
+    "GlobalAvgPool2D": _global_avgpool,
+    "BatchNorm": _batchnorm,
+    "Dropout": _dropped,  # the identity at inference
 }
 
 

@@ -106,6 +106,7 @@ class Planner:
         self.data: dict[str, tuple[Dim, ...]] = {}  # activation tensors and their shapes
         self.steps: list[_Step] = []
         self.pending_step: P.Node | None = None  # a Greater waiting for its Cast
+        self.needs_flatten: P.Node | None = None  # a GlobalAveragePool waiting for a flatten
         self.opset = self._opset()
         self.float_type = P.FLOAT
         self.fixed_batch: int | None = None
@@ -240,6 +241,10 @@ class Planner:
             self._node(node)
         if self.pending_step is not None:
             raise self.refuse(self.pending_step, "Greater is supported only followed by Cast")
+        if self.needs_flatten is not None:
+            raise self.refuse(
+                self.needs_flatten, "GlobalAveragePool is supported only followed by a flatten"
+            )
         out = self.graph.outputs[0].name
         if out != self.current:
             raise self.fail(
@@ -289,6 +294,19 @@ class Planner:
             raise self.refuse(node, f"operator {op!r} is not supported")
         if self.pending_step is not None and op != "Cast":
             raise self.refuse(self.pending_step, "Greater is supported only followed by Cast")
+        if self.needs_flatten is not None:
+            if op not in ("Flatten", "Reshape", "Identity", "Dropout"):
+                raise self.refuse(
+                    self.needs_flatten, "GlobalAveragePool is supported only followed by a flatten"
+                )
+            if op in ("Flatten", "Reshape"):
+                self.needs_flatten = None
+                shape = _HANDLERS[op](self, node, self.data[x])
+                if self.steps and self.steps[-1].node is node:
+                    self.steps.pop()  # GlobalAvgPool2D's output is already flat
+                self.data[node.outputs[0]] = shape
+                self.current = node.outputs[0]
+                return
         if op not in ("Add",) and node.inputs[0] != x:
             raise self.refuse(node, "the activation is not its first input")
         shape = handler(self, node, self.data[x])
@@ -562,6 +580,120 @@ def _dropout(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...
     return shape  # inference: the identity
 
 
+def _pads(p: Planner, node: P.Node, nd: int = 2) -> tuple[int, int]:
+    """ONNX ``pads`` ``[top, left, bottom, right]`` as minifw's symmetric ``(ph, pw)``."""
+    auto = p.attr(node, "auto_pad", b"NOTSET")
+    pads = p.attr_ints(node, "pads", [0] * 2 * nd)
+    if auto not in (b"NOTSET", b"VALID") or (auto == b"VALID" and any(pads)):
+        raise p.refuse(node, f"auto_pad {auto.decode(errors='replace')!r} is not supported")
+    if len(pads) != 2 * nd or pads[:nd] != pads[nd:] or min(pads) < 0:
+        raise p.refuse(node, f"pads {pads}: minifw pads the same on both sides")
+    return pads[0], pads[1]
+
+
+def _window(p: Planner, node: P.Node, kernel: list[int]) -> tuple[list[int], tuple[int, int]]:
+    strides = p.attr_ints(node, "strides", [1, 1])
+    dil = p.attr_ints(node, "dilations", [1, 1])
+    if len(kernel) != 2 or len(strides) != 2 or any(d != 1 for d in dil):
+        raise p.refuse(node, "only 2-D windows without dilation are supported")
+    if p.attr(node, "ceil_mode", 0):
+        raise p.refuse(node, "ceil_mode=1 is not supported")
+    return strides, _pads(p, node)
+
+
+def _spatial(
+    shape: tuple[Dim, ...], c: Dim, k: list[int], s: list[int], pad: tuple[int, int]
+) -> tuple[Dim, ...]:
+    hw = [
+        None if not isinstance(d, int) else (d + 2 * pad[i] - k[i]) // s[i] + 1
+        for i, d in enumerate(shape[2:])
+    ]
+    return (shape[0], c, *hw)
+
+
+def _conv(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    _rank(p, node, shape, (4,))
+    w = p.weight(node, 1, "weight W", 4)
+    f, c, kh, kw = w.dims
+    if p.attr(node, "group", 1) != 1:
+        raise p.refuse(node, "grouped convolutions are not supported")
+    kernel = p.attr_ints(node, "kernel_shape", [kh, kw])
+    if kernel != [kh, kw]:
+        raise p.refuse(node, f"kernel_shape {kernel} disagrees with W {w.dims}")
+    if shape[1] is not None and shape[1] != c:
+        raise p.refuse(node, f"its input has {shape[1]} channels but W is {w.dims}")
+    strides, pad = _window(p, node, kernel)
+    has_b = len(node.inputs) > 2 and bool(node.inputs[2])
+    config = {
+        "in_channels": c,
+        "out_channels": f,
+        "kernel_size": [kh, kw],
+        "stride": strides,
+        "padding": list(pad),
+        "bias": has_b,
+    }
+    step = _Step("Conv2D", config, node)
+    step.params["weight"] = (w, _keep)
+    if has_b:
+        b = p.weight(node, 2, "bias B", 1)
+        if b.dims != (f,):
+            raise p.refuse(node, f"bias B has shape {b.dims}; expected ({f},)")
+        step.params["bias"] = (b, _keep)
+    p.add(step)
+    return _spatial(shape, f, kernel, strides, pad)
+
+
+def _pool(layer: str) -> Callable[[Planner, P.Node, tuple[Dim, ...]], tuple[Dim, ...]]:
+    def handler(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+        _rank(p, node, shape, (4,))
+        kernel = p.attr_ints(node, "kernel_shape", [])
+        strides, pad = _window(p, node, kernel)
+        if layer == "MaxPool2D" and p.attr(node, "storage_order", 0):
+            raise p.refuse(node, "storage_order=1 is not supported")
+        if layer == "AvgPool2D" and any(pad) and not p.attr(node, "count_include_pad", 0):
+            raise p.refuse(
+                node, "count_include_pad=0 with padding is not supported (minifw counts the pad)"
+            )
+        config = {"kernel_size": kernel, "stride": strides, "padding": list(pad)}
+        p.add(_Step(layer, config, node))
+        return _spatial(shape, shape[1], kernel, strides, pad)
+
+    return handler
+
+
+def _global_avg(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    _rank(p, node, shape, (4,))
+    p.add(_Step("GlobalAvgPool2D", {}, node))
+    p.needs_flatten = node  # minifw's output is (N, C): ONNX's (N, C, 1, 1) must be flattened
+    return (shape[0], shape[1], 1, 1)
+
+
+def _batchnorm(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    if len(shape) < 2:
+        raise p.refuse(node, "its input has no channel axis")
+    if p.attr(node, "training_mode", 0) or not p.attr(node, "spatial", 1):
+        raise p.refuse(node, "only inference-mode, spatial batch normalization is supported")
+    if len([o for o in node.outputs if o]) > 1:
+        raise p.refuse(node, "the running-statistics outputs (training) are not supported")
+    tensors = [
+        p.weight(node, k, what, 1) for k, what in enumerate(("", "scale", "B", "mean", "var")) if k
+    ]
+    c = tensors[0].dims[0]
+    if any(t.dims != (c,) for t in tensors) or (shape[1] is not None and shape[1] != c):
+        raise p.refuse(node, f"scale, B, mean and var must all be ({shape[1]},)")
+    momentum = float(p.attr(node, "momentum", 0.9))
+    config = {
+        "num_features": c,
+        "eps": float(p.attr(node, "epsilon", 1e-5)),
+        "momentum": min(1.0, max(0.0, 1.0 - momentum)),  # ONNX weighs the old statistic
+    }
+    step = _Step("BatchNorm", config, node)
+    for name, t in zip(("weight", "bias", "running_mean", "running_var"), tensors, strict=True):
+        step.params[name] = (t, _keep)
+    p.add(step)
+    return shape
+
+
 def _greater(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
     t = p.weight(node, 1, "threshold", (0, 1))
     if t.count != 1 or P.tensor_array(t, p.buf, p.base_dir).reshape(-1)[0] != 0:
@@ -594,6 +726,11 @@ _HANDLERS: dict[str, Callable[[Planner, P.Node, tuple[Dim, ...]], tuple[Dim, ...
     "Dropout": _dropout,
     "Greater": _greater,
     "Cast": _cast,
+    "Conv": _conv,
+    "MaxPool": _pool("MaxPool2D"),
+    "AveragePool": _pool("AvgPool2D"),
+    "GlobalAveragePool": _global_avg,
+    "BatchNormalization": _batchnorm,
 }
 
 
