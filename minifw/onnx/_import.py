@@ -28,6 +28,7 @@ from . import _proto as P
 _NOTES = {
     "Add": "Add (the bias after a MatMul)",
     "Reshape": "Reshape (a flatten of the batch)",
+    "ReduceMean": "ReduceMean (over H and W)",
     "Dropout": "Dropout (inference)",
     "Greater": "Greater + Cast (a step)",
     "Cast": "Cast (to the same float type)",
@@ -243,7 +244,8 @@ class Planner:
             raise self.refuse(self.pending_step, "Greater is supported only followed by Cast")
         if self.needs_flatten is not None:
             raise self.refuse(
-                self.needs_flatten, "GlobalAveragePool is supported only followed by a flatten"
+                self.needs_flatten,
+                f"{self.needs_flatten.op_type} is supported only followed by a flatten",
             )
         out = self.graph.outputs[0].name
         if out != self.current:
@@ -297,7 +299,8 @@ class Planner:
         if self.needs_flatten is not None:
             if op not in ("Flatten", "Reshape", "Identity", "Dropout"):
                 raise self.refuse(
-                    self.needs_flatten, "GlobalAveragePool is supported only followed by a flatten"
+                    self.needs_flatten,
+                    f"{self.needs_flatten.op_type} is supported only followed by a flatten",
                 )
             if op in ("Flatten", "Reshape"):
                 self.needs_flatten = None
@@ -668,6 +671,28 @@ def _global_avg(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, 
     return (shape[0], shape[1], 1, 1)
 
 
+def _reduce_mean(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    """``ReduceMean`` over the two spatial axes (PyTorch's ``AdaptiveAvgPool2d(1)``)."""
+    _rank(p, node, shape, (4,))
+    if p.opset < 18:
+        axes = p.attr_ints(node, "axes", [])
+    else:
+        axes = p.const_ints(node, node.inputs[1], "axes") if len(node.inputs) > 1 else []
+    if sorted(a % 4 for a in axes) != [2, 3]:
+        raise p.refuse(node, f"ReduceMean over axes {axes}: only the spatial axes (2, 3)")
+    p.add(_Step("GlobalAvgPool2D", {}, node))
+    if p.attr(node, "keepdims", 1):
+        p.needs_flatten = node
+        return (shape[0], shape[1], 1, 1)
+    return (shape[0], shape[1])
+
+
+def _short(v: float) -> float:
+    """A float attribute (stored as float32) as the shortest decimal that gives the same
+    float32: 1e-3, not 0.0010000000474974513."""
+    return float(np.format_float_positional(np.float32(v), unique=True, trim="-"))
+
+
 def _batchnorm(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
     if len(shape) < 2:
         raise p.refuse(node, "its input has no channel axis")
@@ -681,11 +706,11 @@ def _batchnorm(p: Planner, node: P.Node, shape: tuple[Dim, ...]) -> tuple[Dim, .
     c = tensors[0].dims[0]
     if any(t.dims != (c,) for t in tensors) or (shape[1] is not None and shape[1] != c):
         raise p.refuse(node, f"scale, B, mean and var must all be ({shape[1]},)")
-    momentum = float(p.attr(node, "momentum", 0.9))
+    momentum = _short(p.attr(node, "momentum", 0.9))
     config = {
         "num_features": c,
-        "eps": float(p.attr(node, "epsilon", 1e-5)),
-        "momentum": min(1.0, max(0.0, 1.0 - momentum)),  # ONNX weighs the old statistic
+        "eps": _short(p.attr(node, "epsilon", 1e-5)),
+        "momentum": _short(min(1.0, max(0.0, 1.0 - momentum))),  # ONNX weighs the old one
     }
     step = _Step("BatchNorm", config, node)
     for name, t in zip(("weight", "bias", "running_mean", "running_var"), tensors, strict=True):
@@ -730,6 +755,7 @@ _HANDLERS: dict[str, Callable[[Planner, P.Node, tuple[Dim, ...]], tuple[Dim, ...
     "MaxPool": _pool("MaxPool2D"),
     "AveragePool": _pool("AvgPool2D"),
     "GlobalAveragePool": _global_avg,
+    "ReduceMean": _reduce_mean,
     "BatchNormalization": _batchnorm,
 }
 
