@@ -42,8 +42,8 @@ def three_layer_network() -> mf.Sequential:
         mf.Dense(3, 1, dtype="float64"),
         mf.Sigmoid(),
     )
-    # The book writes W1 as 2x3 (rows = inputs of the 2-input layer); here the network is
-    # written as in the issue: W1 (3, 2), W2 (2, 3), W3 (3, 1), stored (in, out).
+    # the study note's dot_net_init() weights, each stored (in, out) as the book stores
+    # them: W1 (3, 2), W2 (2, 3), W3 (3, 1).
     model.load_state_dict(
         {
             "0.weight": [[0.3, 0.1], [0.6, 0.1], [0.5, 0.2]],

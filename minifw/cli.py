@@ -49,7 +49,9 @@ def _blas_report() -> dict[str, Any]:
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return {"error": 'threadpoolctl is not installed (pip install "minifw[bench]")'}
+        return {
+            "error": "threadpoolctl is not installed (pip install threadpoolctl; it is a dependency of minifw)"
+        }
     libs = [
         {
             "library": i.get("internal_api"),

@@ -46,6 +46,8 @@ CHUNK_ELEMS = 1 << 18
 MAX_CHUNK_ELEMS = 1 << 20
 MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 1024
+#: Up to this many rows, a fused run goes straight to one block (the batch-1 hot path).
+SMALL_ROWS = 16
 
 
 def _step_act(m: Module) -> str | None:
@@ -102,8 +104,12 @@ class _Fused:
         return ", ".join(parts)
 
     # -- running -------------------------------------------------------------------------
-    def run(self, x: Any, max_rows: int | None) -> Any:
-        shape = tuple(x.shape)
+    def run(self, x: Any, max_rows: int | None = None) -> Any:
+        shape = x.shape
+        if len(shape) == 2 and shape[0] <= SMALL_ROWS and shape[1] == self.n_in and not self._fn:
+            y = self.backend.empty((shape[0], self.widths[-1]), x.dtype)  # batch-1 hot path
+            self._block(x, y)
+            return y
         if not shape or shape[-1] != self.n_in:
             return self._layers(x)  # the layers raise the proper error
         if len(shape) != 2:
@@ -167,7 +173,10 @@ class _Fused:
 
     def _block(self, x: Any, y: Any) -> None:
         """Every step on one block of rows, ``x`` to ``y``."""
-        bufs = self._buffers(x.shape[0])
+        tls = self._tls
+        bufs = getattr(tls, "views", None)
+        if bufs is None or tls.n != x.shape[0]:
+            bufs = self._buffers(x.shape[0])
         last = len(self.steps) - 1
         h = x
         for i, (m, act) in enumerate(self.steps):
@@ -252,6 +261,8 @@ class Plan:
                     continue
             merged.append(s)
         self.segments = merged
+        if len(merged) == 1:  # one segment: the plan's run is the segment's (one call less)
+            self.run = merged[0].run  # type: ignore[method-assign]
 
     def run(self, x: Any, max_rows: int | None = None) -> Any:
         """The model's output for a native array ``x`` of the model's dtype: a new array

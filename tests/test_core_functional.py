@@ -163,14 +163,19 @@ def test_sigmoid_of_large_negative_float32_is_not_rounded_to_zero() -> None:
     assert (y > 0).all()
 
 
-def test_sigmoid_extremes_do_not_warn() -> None:
+@pytest.mark.parametrize("rows", [1, 2000])  # small arrays clamp exp's argument, large ones
+def test_sigmoid_extremes_do_not_warn(rows: int) -> None:  # let it overflow (errstate)
     for dt in (np.float32, np.float64):
         big = np.finfo(dt).max
-        x = np.array([-big, -1000, -89, 0, 89, 1000, big], dtype=dt)
+        x = np.tile(np.array([-big, -1000, -89, 0, 89, 1000, big], dtype=dt), (rows, 1))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             y = F.sigmoid(x)
-        np.testing.assert_array_equal(y[[0, 1, 3, 5, 6]], np.array([0, 0, 0.5, 1, 1], dt))
+        np.testing.assert_array_equal(
+            y[:, [3, 5, 6]], np.tile(np.array([0.5, 1, 1], dt), (rows, 1))
+        )
+        # the exact limit 0, or (clamped) a subnormal near 1 / (1 + largest float)
+        assert (y[:, [0, 1]] <= 1.01 / np.finfo(dt).max).all() and (y >= 0).all()
 
 
 # -- relu, step, tanh, identity ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The worked examples of the reference text (DLFS ch. 3), to the printed precision.
+"""The worked examples of "Deep Learning from Scratch" ch. 3, to the printed precision.
 
 The reference computed in float64 (NumPy's default); these tests do the same with
 ``dtype="float64"`` and round to the printed digits, and also check the float32 default

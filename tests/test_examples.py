@@ -1,4 +1,4 @@
-"""The example scripts run and print what the reference text prints."""
+"""The example scripts run and print what the book ("Deep Learning from Scratch") prints."""
 
 from __future__ import annotations
 

@@ -34,6 +34,20 @@ class JaxBackend(Backend):
     def is_native(self, x: Any) -> bool:
         return isinstance(x, self._Array)
 
+    # XLA compiles jax.nn's own forms better than the generic ones (at W/8192 under jit the
+    # generic where()-ReLU and softmax took 0.105 s against 0.061 s)
+    def relu(self, x: Any, inplace: bool = False) -> Any:
+        return self._jax.nn.relu(x)
+
+    def sigmoid(self, x: Any, inplace: bool = False) -> Any:
+        return self._jax.nn.sigmoid(x)
+
+    def softmax(self, x: Any, inplace: bool = False, axis: int = -1) -> Any:
+        return self._jax.nn.softmax(x, axis=axis)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        return self._jax.nn.log_softmax(x, axis=axis)
+
     def compile(self, fn: Any) -> Any:
         """``jax.jit(fn)``: the inference plan's whole forward as one XLA computation
         (retraced once per input shape and dtype)."""

@@ -38,6 +38,7 @@ THREADS_ENV = "MINIFW_NUM_THREADS"
 
 _max_reduce: Any = np.maximum.reduce  # positional: (array, axis, dtype, out, keepdims)
 _add_reduce: Any = np.add.reduce
+_accumulate: Any = np.add.accumulate
 
 
 class NumpyBackend(NumpyConvOps, UfuncBackend):
@@ -50,6 +51,8 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
         self._blas = _BlasLimiter()
         #: largest number of threads for the inference plan (None: the env var, else cores)
         self.max_threads: int | None = None
+        self._threads: int | None = None  # what threads() found (env var, cores, BLAS)
+        self.empty = np.empty  # type: ignore[method-assign]  # (shape, dtype): one C call
 
     # -- conversions -------------------------------------------------------------------
     def is_native(self, x: Any) -> bool:
@@ -81,6 +84,16 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
     # -- dense -------------------------------------------------------------------------
     def linear(self, x: Any, w: Any, b: Any = None, out: Any = None, act: str | None = None) -> Any:
         n_in, n_out = w.shape
+        if out is not None and x.ndim == 2 and x.shape[0] * n_out < _gemm.MIN_ELEMS:
+            # the small-batch hot path, inline: a few ufuncs into the caller's buffer
+            y = np.dot(x, w, out)  # for 2-D arrays the same BLAS call as matmul
+            if b is not None:  # a (1, n) row broadcasts faster than the (n,) vector
+                np.add(y, b.reshape(1, n_out), y)
+            if act is None:
+                return y
+            if act == "sigmoid":
+                return self._sigmoid_of_negated(np.negative(y, y))
+            return self.activate(act, y, True)
         rows = x.size // n_in if n_in else 0
         if b is not None and rows * n_out >= _gemm.MIN_ELEMS and x.dtype == w.dtype:
             # the bias first, then one GEMM adds x @ W to it (-(b + xW) before a sigmoid:
@@ -95,21 +108,7 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
                     if neg:
                         return self._sigmoid_of_negated(y)
                     return self.activate(act, y, True) if act is not None else y
-        if out is not None and x.ndim == 2:  # the same BLAS call as matmul, less overhead
-            return self._dot(x, w, b, out, act)
         return super().linear(x, w, b, out, act)
-
-    def _dot(self, x: Any, w: Any, b: Any, out: Any, act: str | None) -> Any:
-        y = np.dot(x, w, out)
-        if act == "sigmoid":
-            if b is not None:
-                np.subtract(np.negative(b), y, y)
-            else:
-                np.negative(y, y)
-            return self._sigmoid_of_negated(y)
-        if b is not None:
-            np.add(y, b, y)
-        return self.activate(act, y, True) if act is not None else y
 
     # -- activations -------------------------------------------------------------------
     def zero_for(self, x: Any) -> Any:
@@ -134,8 +133,11 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
             and x.flags.c_contiguous
         ):  # rows of any batch shape (a 1-D vector is one row): each row the same bits
             out = x if inplace else np.empty_like(x)
-            x2 = x.reshape(-1, x.shape[-1])
-            self._softmax_narrow(x2, out.reshape(x2.shape))
+            if x.ndim == 2:
+                self._softmax_narrow(x, out)
+            else:
+                x2 = x.reshape(-1, x.shape[-1])
+                self._softmax_narrow(x2, out.reshape(x2.shape))
             return out
         return super().softmax(x, inplace, axis)
 
@@ -152,12 +154,20 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
         n, w = x.shape
         if n <= 1:
             if n == 1:  # one row: no transposes; the running sum adds in the same order
-                col = np.empty((1, 1), x.dtype)
+                rows = getattr(self._tls, "rows", None)
+                if rows is None:
+                    rows = self._tls.rows = {}
+                got = rows.get((x.dtype, w))
+                if got is None:  # (1, w) running sums, then 0-d views of their total and
+                    t = np.empty((1, w), x.dtype)  # of the row's max (0-d operands take
+                    col = np.empty((1, 1), x.dtype)  # NumPy's fast scalar loops)
+                    got = rows[(x.dtype, w)] = (t, t[0, -1, ...], col, col[0, 0, ...])
+                t, total, col, top = got
                 _max_reduce(x, 1, None, col, True)
-                np.subtract(x, col, out)
+                np.subtract(x, top, out)
                 np.exp(out, out)
-                t = np.add.accumulate(out, 1)
-                np.divide(out, t[:, -1:], out)
+                _accumulate(out, 1, None, t)
+                np.divide(out, total, out)
             return
         t, col = self._narrow_scratch(n, w, x.dtype)
         np.copyto(t, x.T)
@@ -185,9 +195,12 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
     def threads(self) -> int:
         if self.max_threads is not None:
             return max(1, int(self.max_threads))
-        n = _env_threads.get()
-        want = n if n is not None else cores()
-        return want if want > 1 and self._blas.available() else 1
+        t = self._threads
+        if t is None:
+            n = _env_threads.get()
+            want = n if n is not None else cores()
+            t = self._threads = want if want > 1 and self._blas.available() else 1
+        return t
 
     def parallel_section(self) -> Any:
         return self._blas

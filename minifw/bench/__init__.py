@@ -7,7 +7,7 @@ Inference of two float32 MLPs with random weights and inputs (no downloads):
 
 on minifw (``model(x)`` and ``model.predict(x)`` on NumPy, ``predict`` on every other
 available backend, and ``model(x)`` on a tensor / array of its own on torch and jax), the
-hand-written NumPy function of the reference text, "torch eager" (``torch.nn`` modules
+hand-written NumPy function of the book ("Deep Learning from Scratch"), "torch eager" (``torch.nn`` modules
 under ``torch.inference_mode()``, CPU), "jax.jit" (a ``jax.jit``-compiled forward), ONNX
 Runtime (CPU provider, the same graph built with the ``onnx`` helper API) and the bare GEMM
 floor (only the three matmuls, into preallocated outputs). minifw on torch and jax is also

@@ -64,7 +64,9 @@ def machine_info() -> dict[str, Any]:
             for d in threadpool_info()
         ]
     except ImportError:
-        info["threadpools"] = 'threadpoolctl not installed (pip install "minifw[bench]")'
+        info["threadpools"] = (
+            "threadpoolctl not installed (pip install threadpoolctl; it is a dependency of minifw)"
+        )
     for mod in VERSIONED:
         if importlib.util.find_spec(mod) is not None:
             try:

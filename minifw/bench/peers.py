@@ -17,7 +17,7 @@ from .nets import Net
 
 
 def hand_written(net: Net) -> Callable[[np.ndarray], np.ndarray]:
-    """The reference text's style: plain NumPy, a new array for every step."""
+    """The book's style ("Deep Learning from Scratch" ch. 3): plain NumPy, a new array for every step."""
     W1, W2, W3 = net.W
     b1, b2, b3 = net.b
     if net.act == "sigmoid":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,64 +324,35 @@ _DOC = """Load the {title} {{split}} set as NumPy arrays ``(x, y)``.
     """
 
 
-def load_mnist(
-    split: str = "train",
-    *,
-    normalize: bool = True,
-    flatten: bool = True,
-    one_hot: bool = False,
-    dtype: Any = np.float32,
-    data_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    verify: bool = True,
-    mirrors: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    return _load(
-        DATASETS["mnist"],
-        split,
-        normalize=normalize,
-        flatten=flatten,
-        one_hot=one_hot,
-        dtype=dtype,
-        data_dir=data_dir,
-        download=download,
-        verify=verify,
-        mirrors=mirrors,
+def _loader(key: str, fn_name: str, system: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """The public loader of data set ``key`` (one function per data set, one body)."""
+    ds = DATASETS[key]
+
+    def load(
+        split: str = "train",
+        *,
+        normalize: bool = True,
+        flatten: bool = True,
+        one_hot: bool = False,
+        dtype: Any = np.float32,
+        data_dir: str | os.PathLike[str] | None = None,
+        download: bool = True,
+        verify: bool = True,
+        mirrors: Sequence[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return _load(
+            DATASETS[key], split, normalize=normalize, flatten=flatten, one_hot=one_hot, dtype=dtype,
+            data_dir=data_dir, download=download, verify=verify, mirrors=mirrors,
+        )  # fmt: skip
+
+    load.__name__ = load.__qualname__ = fn_name
+    load.__doc__ = _DOC.format(
+        title=ds.title, base="t10k-images-idx3-ubyte", name=ds.name, system=system
     )
+    return load
 
 
-def load_fashion_mnist(
-    split: str = "train",
-    *,
-    normalize: bool = True,
-    flatten: bool = True,
-    one_hot: bool = False,
-    dtype: Any = np.float32,
-    data_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    verify: bool = True,
-    mirrors: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    return _load(
-        DATASETS["fashion-mnist"],
-        split,
-        normalize=normalize,
-        flatten=flatten,
-        one_hot=one_hot,
-        dtype=dtype,
-        data_dir=data_dir,
-        download=download,
-        verify=verify,
-        mirrors=mirrors,
-    )
-
-
-load_mnist.__doc__ = _DOC.format(
-    title="MNIST", base="t10k-images-idx3-ubyte", name="mnist", system=""
-)
-load_fashion_mnist.__doc__ = _DOC.format(
-    title="Fashion-MNIST",
-    base="t10k-images-idx3-ubyte",
-    name="fashion-mnist",
-    system=", then Debian's ``/usr/share/datasets/fashion-mnist/``",
+load_mnist = _loader("mnist", "load_mnist", "")
+load_fashion_mnist = _loader(
+    "fashion-mnist", "load_fashion_mnist", ", then Debian's ``/usr/share/datasets/fashion-mnist/``"
 )

@@ -122,17 +122,14 @@ class Sequential(Module):
     # -- forward / backward --------------------------------------------------------------
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
         if not train:
-            y = self._infer(x)
-            if y is not None:
-                return y, True
+            return self._infer(x), True
         for m in self._modules:
             x, owned = m._forward(x, owned, train)
         return x, owned
 
     def _infer(self, x: Any, max_rows: int | None = None) -> Any:
-        """Eval-mode forward of a native array through the inference plan (a new array),
-        or ``None`` where the plan does not take this input (the layers then run, and raise
-        the proper error for a wrong shape)."""
+        """Eval-mode forward of a native array through the inference plan (a new array, in
+        chunks of at most ``max_rows`` rows)."""
         plan = self._plan
         if plan is None:
             plan = self._plan = SERVICES["compile_plan"](self)
@@ -142,7 +139,12 @@ class Sequential(Module):
         """Convert ``x`` to the model's backend and dtype (once), then run the forward pass
         (in eval mode through the inference plan, ``minifw.plan``)."""
         xb = self._b.asarray(x, self._dtype_cache)
-        return self._forward(xb, xb is not x, self.training)[0]
+        if self.training:
+            return self._forward(xb, xb is not x, True)[0]
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = SERVICES["compile_plan"](self)
+        return plan.run(xb)
 
     def _backward(self, grad: Any, need_input_grad: bool) -> Any:
         mods = self._modules
@@ -176,10 +178,7 @@ class Sequential(Module):
             if xb_owner is not None and xb_owner.lazy:  # a dask array: a lazy result
                 return xb_owner.predict(self, x, batch_size)  # type: ignore[attr-defined]
         xb = b.asarray(x, self._dtype_cache)
-        y = self._infer(xb, batch_size)
-        if y is None:
-            y = self._forward(xb, xb is not x, False)[0]
-        res = b.to_numpy(y)
+        res = b.to_numpy(self._infer(xb, batch_size))
         return res.copy() if _aliases(res, x) else res
 
     # -- training (minifw/training.py does the work) ---------------------------------------
