@@ -49,8 +49,10 @@ def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     if "skipped" in imp:
         assert "torch" in imp["skipped"] or "onnxruntime" in imp["skipped"], imp
     else:
-        assert [r["batch"] for r in imp["rows"]] == [1, 64]
-        for r in imp["rows"]:
+        mlp = imp["cases"][0]
+        assert mlp["name"] == "MLP" and [r["batch"] for r in mlp["rows"]] == [1, 64]
+        assert mlp["imported_as"].startswith("Dense -> ReLU")
+        for r in [r for c in imp["cases"] for r in c["rows"]]:
             assert set(r["engines"]) == {
                 "minifw numpy model(x) (imported .onnx)",
                 "onnxruntime CPU (the exported .onnx)",

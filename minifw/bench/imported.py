@@ -1,8 +1,10 @@
 """The "PyTorch-trained model served by minifw" case.
 
-A ``torch.nn.Sequential`` MLP (784-256-128-10, ReLU, softmax; a few Adam steps on synthetic
-data, so its weights are PyTorch's own) is exported with ``torch.onnx.export`` and imported
-with ``mf.load``; then, at batches 1, 64 and 10,000, three ways of serving it are timed:
+A ``torch.nn.Sequential`` MLP (784-256-128-10, ReLU, softmax) and, when minifw has the
+convolution layers, a CNN (the book's SimpleConvNet shape), each given 20 Adam steps on
+synthetic data (so the weights are PyTorch's own), are exported with ``torch.onnx.export``
+and imported with ``mf.load``; then, at batches 1, 64 and 10,000 (the CNN: 1, 64 and
+1,000), three ways of serving each are timed:
 minifw on NumPy (``model(x)``), ONNX Runtime on the exported file (CPU provider) and the
 PyTorch original (eager, ``inference_mode``). Beside the times: what each alternative
 costs to install (the sum of the file sizes of the installed distributions, from
@@ -32,6 +34,7 @@ from .timing import Engine, Timer, max_abs_diff, paired_ratio
 
 BATCHES = (1, 64, 10000)
 SMOKE_BATCHES = (1, 64)
+CNN_BATCHES = (1, 64, 1000)  # 10,000 images of SimpleConvNet take seconds per call
 MINIFW = "minifw numpy model(x) (imported .onnx)"
 ORT = "onnxruntime CPU (the exported .onnx)"
 TORCH = "torch eager (the PyTorch original)"
@@ -129,19 +132,15 @@ def installed_sizes() -> dict[str, Any]:
 # -- the model ---------------------------------------------------------------------------------
 
 
-def torch_trained_mlp() -> Any:
-    """784-256-128-10 ReLU/softmax, 20 Adam steps on synthetic data (seeded)."""
+def _train(net: Any, shape: tuple[int, ...]) -> Any:
+    """20 Adam steps on synthetic data (seeded), then eval mode with a softmax on top."""
     import torch
 
-    torch.manual_seed(0)
     nn = torch.nn
-    net = nn.Sequential(
-        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)
-    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        x = torch.rand(128, 784, generator=g)
+        x = torch.rand(128, *shape, generator=g)
         y = torch.randint(0, 10, (128,), generator=g)
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
@@ -149,14 +148,44 @@ def torch_trained_mlp() -> Any:
     return nn.Sequential(*net, nn.Softmax(dim=1)).eval()
 
 
-def export_torch(net: Any, path: Path) -> str:
+def torch_trained_mlp() -> Any:
+    """784-256-128-10 ReLU/softmax."""
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
+    return _train(net, (784,))
+
+
+def torch_trained_cnn() -> Any:
+    """The book's SimpleConvNet shape: conv 30x5x5, ReLU, 2x2 max-pool, 100, ReLU, 10."""
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(1, 30, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Flatten(),
+        nn.Linear(30 * 12 * 12, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
+    return _train(net, (1, 28, 28))
+
+
+def export_torch(net: Any, shape: tuple[int, ...], path: Path) -> str:
     import torch
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
-            (torch.zeros(2, 784),),
+            (torch.zeros(2, *shape),),
             str(path),
             input_names=["x"],
             output_names=["y"],
@@ -169,8 +198,80 @@ def export_torch(net: Any, path: Path) -> str:
 # -- the run -----------------------------------------------------------------------------------
 
 
+def _case(
+    args: argparse.Namespace,
+    timer: Timer,
+    log: Any,
+    name: str,
+    net: Any,
+    shape: tuple[int, ...],
+    batches: tuple[int, ...],
+    tmp: str,
+) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    import minifw as mf
+
+    path = Path(tmp) / f"torch_{name}.onnx"
+    how = export_torch(net, shape, path)
+    model: Any = mf.load(path, backend="numpy")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cores()
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        x = rng.random((batch, *shape), dtype=np.float32)
+        xt = torch.from_numpy(x)
+
+        def run_torch(xt: Any = xt) -> Any:
+            with torch.inference_mode():
+                return net(xt)
+
+        def run_minifw(x: np.ndarray = x) -> Any:
+            return model(x)
+
+        def run_ort(x: np.ndarray = x) -> Any:
+            return sess.run(None, {"x": x})[0]
+
+        engines = [
+            Engine(MINIFW, run_minifw, kind="minifw"),
+            Engine(ORT, run_ort, kind="peer", traced=False),
+            Engine(TORCH, run_torch, kind="peer", traced=False),
+        ]
+        ref = run_torch().numpy().astype(np.float64)
+        diffs = {e.name: max_abs_diff(np.asarray(e()), ref) for e in engines}
+        if log is not None:
+            log(args, f"imported {name} batch {batch}: {len(engines)} engines")
+        times = timer.measure(engines)
+        row: dict[str, Any] = {"batch": batch, "engines": {}}
+        for e in engines:
+            t = times[e.name]
+            med = statistics.median(t)
+            row["engines"][e.name] = {
+                "kind": e.kind,
+                "median_s": med,
+                "min_s": min(t),
+                "max_s": max(t),
+                "samples_per_s": batch / med,
+                "max_abs_diff_vs_torch": diffs[e.name],
+            }
+        row["paired_ratios_minifw_over_peer"] = {
+            e.name: paired_ratio(times[MINIFW], times[e.name]) for e in engines if e.name != MINIFW
+        }
+        rows.append(row)
+    return {
+        "name": name,
+        "model": f"torch.nn.Sequential {net[:-1]!r}".replace("\n", " "),
+        "exported_with": how,
+        "imported_as": " -> ".join(type(m).__name__ for m in model),
+        "rows": rows,
+    }
+
+
 def bench_imported(args: argparse.Namespace, timer: Timer, log: Any = None) -> dict[str, Any]:
-    """Time the three ways of serving the PyTorch-trained model (see the module docstring)."""
+    """Time the three ways of serving the PyTorch-trained models (see the module docstring)."""
     try:
         import onnxruntime as ort
         import torch
@@ -178,66 +279,27 @@ def bench_imported(args: argparse.Namespace, timer: Timer, log: Any = None) -> d
         return {"skipped": f'needs torch and onnxruntime ({exc}); pip install "minifw[bench]"'}
     import minifw as mf
 
-    batches = SMOKE_BATCHES if args.smoke else BATCHES
-    net = torch_trained_mlp()
-    rows: list[dict[str, Any]] = []
+    mlp_batches: tuple[int, ...] = SMOKE_BATCHES if args.smoke else BATCHES
+    cases: list[tuple[str, Any, tuple[int, ...], tuple[int, ...]]] = [
+        ("MLP", torch_trained_mlp, (784,), mlp_batches)
+    ]
+    notes = {}
+    if hasattr(mf, "Conv2D"):
+        cnn_batches = SMOKE_BATCHES[:1] if args.smoke else CNN_BATCHES
+        cases.append(("CNN", torch_trained_cnn, (1, 28, 28), cnn_batches))
+    else:
+        notes["CNN"] = "this minifw has no convolution layers"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "torch_mlp.onnx"
-        how = export_torch(net, path)
-        model: Any = mf.load(path, backend="numpy")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = cores()
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(3)
-        for batch in batches:
-            x = rng.random((batch, 784), dtype=np.float32)
-            xt = torch.from_numpy(x)
-
-            def run_torch(xt: Any = xt) -> Any:
-                with torch.inference_mode():
-                    return net(xt)
-
-            def run_minifw(x: np.ndarray = x) -> Any:
-                return model(x)
-
-            def run_ort(x: np.ndarray = x) -> Any:
-                return sess.run(None, {"x": x})[0]
-
-            engines = [
-                Engine(MINIFW, run_minifw, kind="minifw"),
-                Engine(ORT, run_ort, kind="peer", traced=False),
-                Engine(TORCH, run_torch, kind="peer", traced=False),
-            ]
-            ref = run_torch().numpy().astype(np.float64)
-            diffs = {e.name: max_abs_diff(np.asarray(e()), ref) for e in engines}
-            if log is not None:
-                log(args, f"imported MLP batch {batch}: {len(engines)} engines")
-            times = timer.measure(engines)
-            row: dict[str, Any] = {"batch": batch, "engines": {}}
-            for e in engines:
-                t = times[e.name]
-                med = statistics.median(t)
-                row["engines"][e.name] = {
-                    "kind": e.kind,
-                    "median_s": med,
-                    "min_s": min(t),
-                    "max_s": max(t),
-                    "samples_per_s": batch / med,
-                    "max_abs_diff_vs_torch": diffs[e.name],
-                }
-            row["paired_ratios_minifw_over_peer"] = {
-                e.name: paired_ratio(times[MINIFW], times[e.name])
-                for e in engines
-                if e.name != MINIFW
-            }
-            rows.append(row)
+        done = [
+            _case(args, timer, log, name, make(), shape, batches, tmp)
+            for name, make, shape, batches in cases
+        ]
     return {
-        "model": "torch.nn.Sequential 784-256-128-10 ReLU/softmax, 20 Adam steps on synthetic data",
-        "exported_with": how,
-        "imported_as": " -> ".join(type(m).__name__ for m in model),
+        "training": "20 Adam steps on synthetic data (seeded): PyTorch's own weights",
+        "cases": done,
+        "notes": notes,
         "onnxruntime": f"onnxruntime {ort.__version__}, CPU EP, {cores()} intra-op threads",
         "torch": f"torch {torch.__version__}, eager, inference_mode, {torch.get_num_threads()} threads",
-        "rows": rows,
         "installed_size": installed_sizes(),
         "python": sys.version.split()[0],
     }
@@ -251,32 +313,38 @@ def markdown(res: dict[str, Any]) -> list[str]:
     if "skipped" in res:
         return [*lines, f"Skipped: {res['skipped']}.", ""]
     lines.append(
-        f"{res['model']}; exported with {res['exported_with']}; imported by `mf.load` as "
-        f"{res['imported_as']}. Ratio: minifw's time ÷ the engine's, paired per round "
-        "(below 1: minifw is faster); max abs diff against the PyTorch original."
+        f"Trained in PyTorch ({res['training']}), exported with torch.onnx.export, imported by "
+        "`mf.load`; served by minifw on NumPy, by ONNX Runtime from the same file, and by the "
+        "PyTorch original. Ratio: minifw's time ÷ the engine's, paired per round (below 1: "
+        "minifw is faster); max abs diff against the PyTorch original."
     )
     lines.append("")
-    lines.append("| batch | engine | median | min | samples/s | paired ratio | max abs diff |")
-    lines.append("|---:|---|---:|---:|---:|---:|---:|")
-    for row in res["rows"]:
-        for name, v in row["engines"].items():
-            pr = row["paired_ratios_minifw_over_peer"].get(name)
-            d = v["max_abs_diff_vs_torch"]
-            lines.append(
-                f"| {row['batch']} | {name} | {_fmt_time(v['median_s'])} | "
-                f"{_fmt_time(v['min_s'])} | {v['samples_per_s']:,.0f} | "
-                f"{'' if pr is None else f'{pr:.2f}×'} | {'' if d is None else f'{d:.1e}'} |"
-            )
-    lines.append("")
+    for case in res["cases"]:
+        lines.append(f"### {case['name']}: imported as {case['imported_as']}")
+        lines.append("")
+        lines.append("| batch | engine | median | min | samples/s | paired ratio | max abs diff |")
+        lines.append("|---:|---|---:|---:|---:|---:|---:|")
+        for row in case["rows"]:
+            for name, v in row["engines"].items():
+                pr = row["paired_ratios_minifw_over_peer"].get(name)
+                d = v["max_abs_diff_vs_torch"]
+                lines.append(
+                    f"| {row['batch']} | {name} | {_fmt_time(v['median_s'])} | "
+                    f"{_fmt_time(v['min_s'])} | {v['samples_per_s']:,.0f} | "
+                    f"{'' if pr is None else f'{pr:.2f}×'} | {'' if d is None else f'{d:.1e}'} |"
+                )
+        lines.append("")
+    for k, v in res.get("notes", {}).items():
+        lines += [f"{k}: {v}.", ""]
     lines.append("Installed size (the distribution and its required dependencies):")
     lines.append("")
     lines.append("| alternative | installed | distributions |")
     lines.append("|---|---:|---|")
-    for label, s in res["installed_size"].items():
+    for label, sz in res["installed_size"].items():
         dists = ", ".join(
             f"{k} {v / 2**20:.1f} MiB" if v is not None else f"{k} (not installed)"
-            for k, v in s["distributions"].items()
+            for k, v in sz["distributions"].items()
         )
-        lines.append(f"| {label} | {s['total_bytes'] / 2**20:.1f} MiB | {dists} |")
+        lines.append(f"| {label} | {sz['total_bytes'] / 2**20:.1f} MiB | {dists} |")
     lines.append("")
     return lines
