@@ -21,9 +21,15 @@ from ._random import seed
 from ._version import __version__
 from .errors import BackendError, FormatError, MinifwError, ShapeError
 from .layers import (
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
     Dense,
+    Dropout,
     Flatten,
+    GlobalAvgPool2D,
     Identity,
+    MaxPool2D,
     Module,
     ReLU,
     Sequential,
@@ -46,12 +52,18 @@ def __getattr__(name: str) -> Any:  # PEP 562: submodules loaded on first use
 
 
 __all__ = [
+    "AvgPool2D",
     "BackendError",
+    "BatchNorm",
+    "Conv2D",
     "Dense",
+    "Dropout",
     "Flatten",
     "FormatError",
+    "GlobalAvgPool2D",
     "History",
     "Identity",
+    "MaxPool2D",
     "MinifwError",
     "Module",
     "NonFiniteLossError",

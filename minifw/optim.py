@@ -1,4 +1,4 @@
-"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
+"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam, AdamW, AdaGrad and RMSprop.
 
 An optimizer is built without parameters (``Adam(lr=1e-3)``) and updates a model in
 ``opt.step(model)`` from the gradients its layers' ``backward`` left in ``module.grads``.
@@ -21,7 +21,7 @@ import numpy as np
 from .errors import FormatError, ShapeError
 from .layers.module import Module
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "get"]
+__all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Optimizer", "RMSprop", "get"]
 
 
 def _check_float(
@@ -387,11 +387,110 @@ class AdamW(Adam):
         super().__init__(lr, betas, eps, weight_decay)
 
 
-_NAMES: dict[str, Callable[[], Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+class AdaGrad(Optimizer):
+    """AdaGrad (Duchi et al.; the book's ``AdaGrad``), PyTorch's formulation and defaults.
+
+    ``clr = lr / (1 + (t - 1) * lr_decay)``; ``g += weight_decay * p``; ``sum += g**2``
+    (``sum`` starts at ``initial_accumulator_value``); ``p -= clr * g / (sqrt(sum) + eps)``.
+    (The book adds its ``1e-7`` inside the update the same way, after the square root.)
+    """
+
+    state_names = ("sum",)
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+    ) -> None:
+        super().__init__(lr)
+        self.lr_decay = _check_float("lr_decay", lr_decay, 0.0)
+        self.weight_decay = _check_float("weight_decay", weight_decay, 0.0)
+        self.initial_accumulator_value = _check_float(
+            "initial_accumulator_value", initial_accumulator_value, 0.0
+        )
+        self.eps = _check_float("eps", eps, 0.0)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "lr_decay": self.lr_decay,
+            "weight_decay": self.weight_decay,
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "eps": self.eps,
+        }
+
+    def _update(self, b: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        clr = self.lr / (1.0 + (self.t - 1) * self.lr_decay)
+        first = self.t == 1  # the accumulator starts at initial_accumulator_value
+        return b.adagrad_update(
+            p, g, st, clr, self.weight_decay, self.eps, self.initial_accumulator_value, first
+        )
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Tieleman & Hinton; the book's ``RMSprop``), PyTorch's formulation and
+    defaults.
+
+    ``g += weight_decay * p``; ``sq = alpha * sq + (1 - alpha) * g**2``; ``avg = sqrt(sq)
+    + eps`` (``centered``: ``ga = alpha * ga + (1 - alpha) * g`` and ``avg = sqrt(sq -
+    ga**2) + eps``); with ``momentum``: ``buf = momentum * buf + g / avg``, ``p -= lr *
+    buf``; else ``p -= lr * g / avg``. State starts at zero.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        super().__init__(lr)
+        self.alpha = _check_float("alpha", alpha, 0.0, 1.0)
+        self.eps = _check_float("eps", eps, 0.0)
+        self.weight_decay = _check_float("weight_decay", weight_decay, 0.0)
+        self.momentum = _check_float("momentum", momentum, 0.0, 1.0, hi_open=True)
+        self.centered = bool(centered)
+        names = ["square_avg"]
+        if self.momentum:
+            names.append("momentum_buffer")
+        if self.centered:
+            names.append("grad_avg")
+        self.state_names = tuple(names)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "momentum": self.momentum,
+            "centered": self.centered,
+        }
+
+    def _update(self, b: Any, p: Any, g: Any, st: dict[str, Any]) -> Any:
+        return b.rmsprop_update(
+            p, g, st, self.lr, self.alpha, self.eps, self.weight_decay, self.momentum,
+            self.centered,
+        )  # fmt: skip
+
+
+_NAMES: dict[str, Callable[[], Optimizer]] = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "adagrad": AdaGrad,
+    "rmsprop": RMSprop,
+}
 
 
 def get(optimizer: str | Optimizer) -> Optimizer:
-    """An optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``, default settings) or an
+    """An optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"adagrad"``,
+    ``"rmsprop"``; default settings) or an
     instance (returned as is)."""
     if isinstance(optimizer, Optimizer):
         return optimizer

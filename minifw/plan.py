@@ -17,8 +17,16 @@ The plan is a scheduler; it computes nothing itself. It cuts the model into segm
 
   and on immutable engines (JAX) the segment is one pure function of the parameters,
   compiled by the backend (``jax.jit``);
-* **any other layer** (``Flatten``, a custom layer, a convolution): its own eval-mode
-  forward, on the whole batch.
+* a **group**: consecutive batch-independent layers (each declares ``_rowwise = True``:
+  ``Conv2D``, the poolings, ``BatchNorm`` and ``Dropout`` in eval mode, ``Flatten``,
+  activations, fused Dense runs) holding at least one layer worth chunking for (not only
+  Dense runs, reshapes and activations). A large batch runs through it in chunks of
+  samples, each chunk through every layer of the group, on every core at once
+  (``Backend.threads``, the same scheduler as the fused runs), so a convolution's im2col
+  matrix and the activations exist for one chunk per thread at a time; only the group's
+  output is allocated for the whole batch. ``explain`` shows a group in braces;
+* **any other layer** (a custom layer, a ``Sequential``): its own eval-mode forward, on
+  the whole batch.
 
 So a model with a layer the plan cannot fuse still runs its fusable stretches fast. The
 plan reads the parameters at every call: ``set_param`` and optimizer updates are seen.
@@ -27,11 +35,18 @@ plan reads the parameters at every call: ``set_param`` and optimizer updates are
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from typing import Any
 
+from .errors import ShapeError
+from .layers.activations import Identity, _Activation
+from .layers.flatten import Flatten
 from .layers.module import SERVICES, Module
+
+#: layers too cheap to chunk a batch for on their own
+_LIGHT = (_Activation, Identity, Flatten)
 
 #: activations a fused step takes (the backend's ``linear(..., act=)``)
 FUSABLE = ("sigmoid", "relu", "tanh", "step", "softmax")
@@ -48,6 +63,13 @@ MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 1024
 #: Up to this many rows, a fused run goes straight to one block (the batch-1 hot path).
 SMALL_ROWS = 16
+#: A group of batch-independent layers (see :class:`_Group`) runs a batch in chunks of
+#: about this many elements of its widest per-sample activation, between GROUP_MIN_ROWS
+#: and GROUP_MAX_ROWS samples (GROUP_MAX_ROWS <= MIN_CHUNK_ROWS: a fused Dense run inside
+#: a chunk is one block, never split again)
+GROUP_CHUNK_ELEMS = 1 << 21
+GROUP_MIN_ROWS = 32
+GROUP_MAX_ROWS = 256
 
 
 def _step_act(m: Module) -> str | None:
@@ -188,31 +210,45 @@ class _Fused:
 
     def _parallel(self, x: Any, y: Any, chunk: int, threads: int) -> None:
         n = x.shape[0]
-        nchunks = -(-n // chunk)
-        counter = itertools.count()
         block = self._block
         tls = self._tls
 
-        def work() -> None:
+        def prepare() -> None:
             # size this thread's buffers for a whole chunk even if its first is the short
             # last one: which thread gets which chunk is up to timing, and a later full
             # chunk would otherwise reallocate them
             if getattr(tls, "cap", 0) < chunk:
                 self._buffers(chunk)
-            while True:
-                i = next(counter)  # atomic under the GIL: each chunk is taken once
-                if i >= nchunks:
-                    return
-                s = i * chunk
-                block(x[s : s + chunk], y[s : s + chunk])
 
-        with self.backend.parallel_section():
-            futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
-            try:
-                work()
-            finally:
-                for f in futures:
-                    f.result()
+        def one(i: int) -> None:
+            s = i * chunk
+            block(x[s : s + chunk], y[s : s + chunk])
+
+        _run_chunks(self.backend, -(-n // chunk), threads, one, prepare)
+
+
+def _run_chunks(backend: Any, nchunks: int, threads: int, one: Any, prepare: Any = None) -> None:
+    """``one(i)`` for every chunk ``i < nchunks`` on ``threads`` threads (this one and the
+    pool's), each thread taking the next chunk when done, inside the backend's
+    ``parallel_section``; ``prepare()`` runs first on each thread."""
+    counter = itertools.count()
+
+    def work() -> None:
+        if prepare is not None:
+            prepare()
+        while True:
+            i = next(counter)  # atomic under the GIL: each chunk is taken once
+            if i >= nchunks:
+                return
+            one(i)
+
+    with backend.parallel_section():
+        futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+        try:
+            work()
+        finally:
+            for f in futures:
+                f.result()
 
 
 class _Layer:
@@ -221,11 +257,115 @@ class _Layer:
     def __init__(self, m: Module) -> None:
         self.m = m
 
-    def run(self, x: Any, max_rows: int | None) -> Any:
+    def run(self, x: Any, max_rows: int | None = None) -> Any:
         return self.m._forward(x, False, False)[0]
 
     def describe(self) -> str:
         return self.m._describe()
+
+
+def _rowwise(seg: Any) -> bool:
+    """The segment's output for a sample depends on that sample only (in eval mode)."""
+    if isinstance(seg, _Fused):
+        return True
+    return bool(getattr(seg.m, "_rowwise", False))
+
+
+def _heavy(seg: Any) -> bool:
+    """A layer worth chunking for: not a fused run, a reshape or an elementwise function."""
+    return isinstance(seg, _Layer) and not isinstance(seg.m, _LIGHT)
+
+
+def _modules(seg: Any) -> list[Module]:
+    return [m for m, _ in seg.steps] if isinstance(seg, _Fused) else [seg.m]
+
+
+class _Group:
+    """Consecutive batch-independent segments (``_rowwise`` layers, e.g. ``Conv2D``,
+    pooling, ``BatchNorm`` and ``Dropout`` in eval mode, ``Flatten``, activations, fused
+    ``Dense`` runs) that a large batch runs through chunk by chunk: each chunk of samples
+    (:data:`GROUP_CHUNK_ELEMS` elements of the widest per-sample activation, between
+    :data:`GROUP_MIN_ROWS` and :data:`GROUP_MAX_ROWS` samples) runs the whole group, on
+    ``Backend.threads()`` threads at once, and only the group's output is allocated for
+    the whole batch. A convolution's im2col matrix is then one chunk's, in a per-thread
+    buffer the layer keeps (``Conv2D``)."""
+
+    def __init__(self, backend: Any, segs: list[Any]) -> None:
+        self.backend = backend
+        self.segs = segs
+        self._shapes: dict[tuple[int, ...], tuple[tuple[int, ...], int] | None] = {}
+
+    def describe(self) -> str:
+        parts = [f"[{s.describe()}]" if isinstance(s, _Fused) else s.describe() for s in self.segs]
+        return "{" + " | ".join(parts) + "}"
+
+    def _whole(self, x: Any) -> Any:
+        for s in self.segs:
+            x = s.run(x, None)
+        return x
+
+    def _geometry(self, sample: tuple[int, ...]) -> tuple[tuple[int, ...], int] | None:
+        """(output shape of one sample, widest per-sample activation) for samples of shape
+        ``sample``, or ``None`` where a layer rejects it (the layers then raise)."""
+        if sample in self._shapes:
+            return self._shapes[sample]
+        shape: tuple[Any, ...] = (None, *sample)
+        widest = math.prod(sample)
+        got: tuple[tuple[int, ...], int] | None = None
+        try:
+            for seg in self.segs:
+                for m in _modules(seg):
+                    shape = m.output_shape(shape)
+                    dims = [d for d in shape[1:] if d is not None]
+                    if len(dims) != len(shape) - 1:
+                        raise ShapeError("unknown size")
+                    widest = max(widest, math.prod(dims))
+            got = (tuple(int(d) for d in shape[1:]), int(widest))
+        except ShapeError:
+            got = None
+        if len(self._shapes) < 64:
+            self._shapes[sample] = got
+        return got
+
+    def run(self, x: Any, max_rows: int | None = None) -> Any:
+        b = self.backend
+        if len(x.shape) < 2 or b.lazy:
+            return self._whole(x)
+        geo = self._geometry(tuple(int(d) for d in x.shape[1:]))
+        if geo is None:
+            return self._whole(x)
+        out_sample, widest = geo
+        n = int(x.shape[0])
+        rows = min(GROUP_MAX_ROWS, max(GROUP_MIN_ROWS, GROUP_CHUNK_ELEMS // max(widest, 1)))
+        threads = b.threads() if b.mutable else 1
+        if threads > 1:  # a smaller batch still fills every core, GROUP_MIN_ROWS each
+            rows = min(rows, max(GROUP_MIN_ROWS, -(-n // threads)))
+        if max_rows is not None:
+            rows = max(1, min(rows, max_rows))
+        if n <= rows:
+            return self._whole(x)
+        whole = self._whole
+        if not b.mutable:
+            parts = [whole(x[s : min(s + rows, n), ...]) for s in range(0, n, rows)]
+            return b.xp.concat(parts, axis=0)
+        threads = min(threads, -(-n // rows))
+        nchunks = -(-n // rows)
+        if threads > 1:
+            nchunks = threads * -(-nchunks // threads)  # as many chunks per thread
+        chunk = -(-n // nchunks)
+        nchunks = -(-n // chunk)
+        y = b.empty((n, *out_sample), x.dtype)
+
+        def one(i: int) -> None:
+            s, e = i * chunk, min(n, (i + 1) * chunk)  # in bounds: the Array API asks it
+            y[s:e, ...] = whole(x[s:e, ...])
+
+        if threads > 1:
+            _run_chunks(b, nchunks, threads, one)
+        else:
+            for i in range(nchunks):
+                one(i)
+        return y
 
 
 class Plan:
@@ -260,9 +400,9 @@ class Plan:
                     prev.close()
                     continue
             merged.append(s)
-        self.segments = merged
-        if len(merged) == 1:  # one segment: the plan's run is the segment's (one call less)
-            self.run = merged[0].run  # type: ignore[method-assign]
+        self.segments = _grouped(self.backend, merged)
+        if len(self.segments) == 1:  # one segment: the plan's run is the segment's
+            self.run = self.segments[0].run  # type: ignore[method-assign]
 
     def run(self, x: Any, max_rows: int | None = None) -> Any:
         """The model's output for a native array ``x`` of the model's dtype: a new array
@@ -295,6 +435,30 @@ class Plan:
             f"[{s.describe()}]" if isinstance(s, _Fused) else s.describe() for s in self.segments
         ]
         return f"{self.backend.name}: " + " | ".join(parts)
+
+
+def _grouped(backend: Any, segs: list[Any]) -> list[Any]:
+    """Maximal runs of batch-independent segments that hold a layer worth chunking (a
+    convolution, a pooling, ...) become one :class:`_Group`; the rest stay as they are (so
+    a model of Dense layers and activations keeps its plan)."""
+    out: list[Any] = []
+    run: list[Any] = []
+
+    def flush() -> None:
+        if any(_heavy(s) for s in run):
+            out.append(_Group(backend, list(run)))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for s in segs:
+        if _rowwise(s):
+            run.append(s)
+        else:
+            flush()
+            out.append(s)
+    flush()
+    return out
 
 
 def explain(model: Any) -> str:

@@ -288,6 +288,8 @@ def fit(
         val = (xv, yv)
 
     rng = np.random.default_rng(seed if seed is not None else _random.rng().integers(2**63))
+    # Dropout's masks: a child generator (spawning leaves the shuffling stream unchanged)
+    layer_rng = rng.spawn(1)[0]
     steps = -(-n // batch_size)
     history = History({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n})
     model._fit_loss = loss_obj  # type: ignore[attr-defined]  # evaluate()'s default
@@ -303,7 +305,7 @@ def fit(
             "another fit call; train one model in one thread at a time (or train a copy)"
         )
     try:
-        with fit_context(list(model.modules())):
+        with fit_context(list(model.modules())), _random.using_layer_rng(layer_rng):
             for epoch in range(epochs):
                 order = rng.permutation(n) if shuffle else None
                 order_b = b.index_array(order) if order is not None else None

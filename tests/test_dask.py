@@ -199,6 +199,9 @@ def test_a_model_in_training_mode_is_copied_for_inference_and_left_alone() -> No
     grads = {k: v.copy() for k, v in model[0].grads.items()}
     y = model.predict(da.from_array(x, chunks=50))
     np.testing.assert_allclose(y.compute(), ref, rtol=1e-6)  # inference mode, same weights
-    assert model.training and model[0]._x is not None
+    assert model.training
+    for k, v in grads.items():
+        np.testing.assert_array_equal(model[0].grads[k], v)
+    model.backward(np.ones((10, 5), np.float32))  # the training forward's cache is intact
     for k, v in grads.items():
         np.testing.assert_array_equal(model[0].grads[k], v)

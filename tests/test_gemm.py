@@ -1,6 +1,11 @@
-"""``x @ W + b`` as one GEMM with the bias filled in first (minifw._gemm): the same values as
-``matmul`` + ``add``, the same bits in the layers and the fast plan, and the fallback to
-``matmul`` wherever that BLAS call does not apply. No timings are asserted."""
+"""``x @ W + b`` as one GEMM with the bias filled in first (minifw.backend._gemm, used by the
+NumPy backend's ``linear``): the same values as ``matmul`` + ``add``, the same bits in the
+layers and the inference plan, and the fallback to ``matmul`` wherever that BLAS call does
+not apply. No timings are asserted.
+
+``addmm``, its self-check and its once-per-process lookup have no public path: these tests
+call ``minifw.backend._gemm`` directly, and replace its cached lookup (``_funcs``, a ``Once``)
+to run it again or to act as if NumPy had another BLAS."""
 
 from __future__ import annotations
 
@@ -10,10 +15,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fast import models, naive
+from test_plan import layer_by_layer, models, naive
 
 import minifw as mf
-from minifw import _fast, _gemm
+from minifw._util import Once
+from minifw.backend import _gemm
+
+
+def _lookup_again(monkeypatch: Any, build: Any = None) -> None:
+    """Forget the cached GEMM lookup (restored after the test): the next call runs
+    ``build`` (by default the real one, which reads MINIFW_FUSED_GEMM again)."""
+    monkeypatch.setattr(_gemm, "_funcs", Once(build or _gemm._build))
 
 
 def _numpy_has_openblas() -> bool:
@@ -110,7 +122,8 @@ def test_fused_layers_and_plan_give_the_same_bits_and_the_right_values(
 ) -> None:
     model = _model(act, dtype)
     n = 200  # 200 x 1100 outputs: fused; 200 x 90 and 200 x 10: matmul + add
-    assert n * 1100 >= _gemm.MIN_ELEMS > n * 90 and n <= model._fast_plan().chunk
+    assert n * 1100 >= _gemm.MIN_ELEMS > n * 90
+    assert n < mf.plan.MIN_CHUNK_ROWS, "one block: the plan's call takes the same rows"
     x = np.random.default_rng(5).random((n, 64)).astype(dtype)
     calls: list[tuple[int, ...]] = []
     real = _gemm.addmm
@@ -120,8 +133,7 @@ def test_fused_layers_and_plan_give_the_same_bits_and_the_right_values(
         return real(x, w, out, alpha, fill)
 
     monkeypatch.setattr(_gemm, "addmm", spy)
-    monkeypatch.setattr(_fast, "addmm", spy)
-    layers = model._forward(x, False, False)[0]
+    layers = layer_by_layer(model, x)
     plan = model(x)
     assert calls == [(n, 1100), (n, 1100)]  # only the big layer, once per path
     np.testing.assert_array_equal(plan, layers)
@@ -135,9 +147,8 @@ def test_fused_layers_and_plan_give_the_same_bits_and_the_right_values(
     h /= h.sum(1, keepdims=True)
     tol = 2e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(plan, h, rtol=tol, atol=tol)
-    monkeypatch.setattr(_gemm, "_funcs", {})  # as if NumPy had another BLAS
-    monkeypatch.setattr(model._fast_plan(), "_gemm", False)
-    plain = model._forward(x, False, False)[0]
+    _lookup_again(monkeypatch, dict)  # as if NumPy had another BLAS
+    plain = layer_by_layer(model, x)
     np.testing.assert_allclose(plain, layers, rtol=tol, atol=tol)
     np.testing.assert_array_equal(model(x), plain)  # plan and layers agree there too
     assert len(calls) == 2
@@ -167,16 +178,17 @@ def test_a_float64_input_to_a_float32_layer_is_not_fused(monkeypatch: Any) -> No
     monkeypatch.setattr(_gemm, "MIN_ELEMS", 1)
     layer = mf.Dense(20, 30)
     x = np.random.default_rng(7).random((40, 20))  # float64, into the layer's own forward
-    y = layer._forward(x, False, False)[0]
+    y = layer.forward(x)  # forward: no conversion to the layer's dtype
     assert y.dtype == np.float64  # NumPy's promotion, as before: no BLAS call on mixed dtypes
     np.testing.assert_array_equal(y, x @ layer.weight + layer.bias)
 
 
 def test_without_the_fused_call_everything_still_works(monkeypatch: Any) -> None:
-    monkeypatch.setattr(_gemm, "_funcs", {})
+    _lookup_again(monkeypatch, dict)
     model = _model(mf.ReLU, "float32")
     x = np.random.default_rng(8).random((300, 64), dtype=np.float32)
-    np.testing.assert_allclose(model(x), model._forward(x, False, False)[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model(x), layer_by_layer(model, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model(x), naive(model, x), rtol=2e-5, atol=1e-6)
     assert not _gemm.addmm(x, model[0].weight, np.zeros((300, 1100), np.float32))
 
 
@@ -185,7 +197,7 @@ def test_a_library_that_fails_the_self_check_is_not_used(monkeypatch: Any) -> No
         return None
 
     assert not _gemm._self_check({np.dtype("float32"): wrong})
-    monkeypatch.setattr(_gemm, "_funcs", None)
+    _lookup_again(monkeypatch)
     monkeypatch.setattr(_gemm, "_numpy_openblas", lambda: None)
     assert _gemm.funcs() == {}
 
@@ -206,8 +218,7 @@ def test_every_layer_fused_still_gives_the_layers_bits(data: tuple[Any, np.ndarr
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_gemm, "MIN_ELEMS", 1)
         mp.setattr(_gemm, "addmm", spy)
-        mp.setattr(_fast, "addmm", spy)
-        plain = model._forward(model.backend.asarray(x), False, False)[0]
+        plain = layer_by_layer(model, x)
         fast = model(x)
     biased = sum(1 for m in model if isinstance(m, mf.Dense) and m.bias is not None)
     assert len(calls) == (2 * biased if x.size else 0)  # per biased layer, on each path
@@ -219,17 +230,26 @@ def test_every_layer_fused_still_gives_the_layers_bits(data: tuple[Any, np.ndarr
 
 
 def test_the_env_var_turns_it_off_and_a_bad_value_is_named(monkeypatch: Any) -> None:
-    monkeypatch.setattr(_gemm, "_funcs", None)
+    _lookup_again(monkeypatch)
     monkeypatch.setenv("MINIFW_FUSED_GEMM", "0")
     assert _gemm.funcs() == {}
     model = _model(mf.ReLU, "float32")
     x = np.random.default_rng(9).random((200, 64), dtype=np.float32)
-    np.testing.assert_allclose(model(x), model._forward(x, False, False)[0], rtol=1e-5, atol=1e-7)
-    monkeypatch.setattr(_gemm, "_funcs", None)
+    calls: list[Any] = []
+    real = _gemm.addmm
+
+    def spy(*args: Any) -> bool:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(_gemm, "addmm", spy)
+    np.testing.assert_allclose(model(x), layer_by_layer(model, x), rtol=1e-5, atol=1e-7)
+    assert calls == []  # off: the layers and the plan never ask for it
+    _lookup_again(monkeypatch)
     monkeypatch.setenv("MINIFW_FUSED_GEMM", "yes")
     with pytest.raises(mf.BackendError, match="MINIFW_FUSED_GEMM='yes'"):
         mf.Dense(64, 1100)(x)
-    monkeypatch.setattr(_gemm, "_funcs", None)
+    _lookup_again(monkeypatch)
     monkeypatch.setenv("MINIFW_FUSED_GEMM", "1")
     if _numpy_has_openblas():  # "1" is the default: on
         assert set(_gemm.funcs()) == {np.dtype("float32"), np.dtype("float64")}

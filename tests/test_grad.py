@@ -55,8 +55,10 @@ def num_grad(f: Callable[[np.ndarray], float], x: np.ndarray, relative: bool = F
 
 
 def forward_np(model: mf.Module, x: np.ndarray) -> np.ndarray:
+    """The training-mode forward (``check_module`` puts the model in training mode)."""
+    assert model.training
     b = model.backend
-    return b.to_numpy(model._forward(b.asarray(x.copy(), "float64"), True, True)[0])
+    return b.to_numpy(model(b.asarray(x.copy(), "float64")))
 
 
 def check_module(model: mf.Module, x: np.ndarray, backend_name: str, seed: int) -> None:
@@ -101,7 +103,7 @@ def kinks_clear(model: mf.Module, x: np.ndarray, margin: float = 1e-4) -> bool:
             continue
         if isinstance(m, (mf.ReLU, mf.Step)) and np.any(np.abs(b.to_numpy(h)) < margin):
             return False
-        h = m._forward(h, False, False)[0]
+        h = m.forward(h)
     return True
 
 

@@ -276,7 +276,7 @@ def test_no_architecture(tmp_path: Path) -> None:
         (json.dumps([1, 2]), {}, "not a minifw model description"),
         (arch_json(dense(2, 3), version=99), {}, "version 99"),
         (json.dumps({"format": "minifw.model", "version": 1}), {}, "no 'model'"),
-        (arch_json({"class": "Conv2D", "config": {}}), {}, "unknown layer 'Conv2D'"),
+        (arch_json({"class": "Conv3D", "config": {}}), {}, "unknown layer 'Conv3D'"),
         (
             arch_json({"class": "Dense", "config": {"in_features": -1, "out_features": 2}}),
             {},

@@ -221,6 +221,13 @@ class ConvOps:
         return xp.reshape(xp.stack(wins, axis=2), (n, c * kh * kw, oh * ow))
 
     # -- convolution --------------------------------------------------------------
+    def conv2d_scratch_size(
+        self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Size2, padding: Size2
+    ) -> int | None:
+        """Elements of the ``cols=`` scratch buffer that this engine's :meth:`conv2d` and
+        :meth:`conv2d_backward` accept, or ``None`` where they take no such buffer (here)."""
+        return None
+
     def conv2d(self, x: Any, w: Any, b: Any | None, stride: Size2, padding: Size2) -> Any:
         """2-D cross-correlation (what deep-learning frameworks call convolution).
 
@@ -295,6 +302,16 @@ class ConvOps:
             am = xp.where(s > y, xp.asarray(k, dtype=xp.int32, **_dev(y)), am)
             y = xp.maximum(y, s)
         return y, am
+
+    def maxpool2d_values(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> Any:
+        """The ``y`` of :meth:`maxpool2d` without its argmax (for inference)."""
+        xp = self.xp
+        kh, kw, sh, sw, ph, pw, oh, ow = geometry(_shape(x), kernel, stride, padding, "maxpool2d")
+        xp_ = self._pad(x, ph, ph, pw, pw, float("-inf"))
+        y = self._window(xp_, 0, 0, sh, sw, oh, ow)
+        for k in range(1, kh * kw):
+            y = xp.maximum(y, self._window(xp_, k // kw, k % kw, sh, sw, oh, ow))
+        return y
 
     def maxpool2d_backward(
         self,

@@ -102,6 +102,12 @@ class NumpyConvOps(ConvOps):
         return cm.reshape(c * kh * kw, n * oh * ow)
 
     # -- convolution --------------------------------------------------------------
+    def conv2d_scratch_size(
+        self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Size2, padding: Size2
+    ) -> int | None:
+        """:func:`cols_size`: this engine's ``conv2d`` takes a ``cols=`` scratch buffer."""
+        return cols_size(x_shape, w_shape, stride, padding)
+
     def conv2d(
         self,
         x: Any,
@@ -221,6 +227,19 @@ class NumpyConvOps(ConvOps):
             np.copyto(am, np.int32(k), where=mask)
             np.maximum(y, s, out=y)
         return y, am
+
+    def maxpool2d_values(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> Any:
+        """As :meth:`ConvOps.maxpool2d_values`, separably: the running maximum of ``kh``
+        row-strided slices (contiguous rows), then of ``kw`` column-strided slices of it."""
+        kh, kw, sh, sw, ph, pw, oh, ow = geometry(x.shape, kernel, stride, padding, "maxpool2d")
+        xp_ = _padded(x, ph, pw, float("-inf"))
+        rows = np.array(xp_[:, :, 0 : sh * (oh - 1) + 1 : sh], dtype=x.dtype)
+        for i in range(1, kh):
+            np.maximum(rows, xp_[:, :, i : i + sh * (oh - 1) + 1 : sh], out=rows)
+        y = np.array(rows[..., 0 : sw * (ow - 1) + 1 : sw])
+        for j in range(1, kw):
+            np.maximum(y, rows[..., j : j + sw * (ow - 1) + 1 : sw], out=y)
+        return y
 
     def maxpool2d_backward(
         self,

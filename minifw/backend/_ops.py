@@ -155,6 +155,84 @@ class Ops(ConvOps):
             return loss, None
         return loss, (xp.exp(logp) - t) / n
 
+    # -- batch normalisation -------------------------------------------------------------
+    @staticmethod
+    def _bn_axes(x: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Reduction axes of ``x`` (N, C, ...) (all but the channel axis 1) and the shape a
+        per-channel ``(C,)`` vector broadcasts with."""
+        nd = len(x.shape)
+        return (0, *range(2, nd)), (1, int(x.shape[1])) + (1,) * (nd - 2)
+
+    def batchnorm_train(
+        self,
+        x: Any,
+        gamma: Any,
+        beta: Any,
+        running_mean: Any,
+        running_var: Any,
+        momentum: float,
+        eps: float,
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        """Training-mode batch normalisation over axis 1 of ``x`` (N, C, ...), PyTorch's:
+        batch mean and biased variance per channel normalise ``x``, then ``gamma * xhat +
+        beta``; the running statistics move by ``momentum`` towards the batch mean and the
+        *unbiased* batch variance. Returns ``(y, xhat, inv_std, new_running_mean,
+        new_running_var)`` (engines that write in place update the running arrays and
+        return them); ``xhat`` and ``inv_std`` (shaped to broadcast) are for the backward."""
+        xp = self.xp
+        axes, shape = self._bn_axes(x)
+        m = 1
+        for a in axes:
+            m *= int(x.shape[a])
+        mean = xp.mean(x, axis=axes, keepdims=True)
+        xc = x - mean
+        var = xp.mean(xc * xc, axis=axes, keepdims=True)
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        xhat = xc * inv_std
+        y = xhat * xp.reshape(gamma, shape) + xp.reshape(beta, shape)
+        new_mean = (1.0 - momentum) * running_mean + momentum * xp.reshape(mean, (-1,))
+        unbiased = xp.reshape(var, (-1,)) * (m / (m - 1))
+        new_var = (1.0 - momentum) * running_var + momentum * unbiased
+        return y, xhat, inv_std, new_mean, new_var
+
+    def batchnorm_eval(
+        self, x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, eps: float
+    ) -> Any:
+        """Eval-mode batch normalisation: ``(x - running_mean) / sqrt(running_var + eps) *
+        gamma + beta`` per channel (axis 1)."""
+        xp = self.xp
+        _, shape = self._bn_axes(x)
+        scale = gamma / xp.sqrt(running_var + eps)
+        shift = beta - running_mean * scale
+        return x * xp.reshape(scale, shape) + xp.reshape(shift, shape)
+
+    def batchnorm_backward(
+        self, g: Any, xhat: Any, inv_std: Any, gamma: Any, need_dx: bool
+    ) -> tuple[Any | None, Any, Any]:
+        """Gradients of :meth:`batchnorm_train`: ``(dx or None, dgamma, dbeta)``, with
+        ``dx = inv_std * (gamma*g - mean(gamma*g) - xhat * mean(gamma*g*xhat))`` (means
+        over the reduction axes)."""
+        xp = self.xp
+        axes, shape = self._bn_axes(g)
+        dbeta = xp.sum(g, axis=axes)
+        dgamma = xp.sum(g * xhat, axis=axes)
+        if not need_dx:
+            return None, dgamma, dbeta
+        m = 1
+        for a in axes:
+            m *= int(g.shape[a])
+        gg = g * xp.reshape(gamma, shape)
+        dx = (
+            gg
+            - xp.reshape(dbeta * gamma, shape) / m
+            - xhat * (xp.reshape(dgamma * gamma, shape) / m)
+        )
+        return dx * inv_std, dgamma, dbeta
+
+    def dropout_apply(self, x: Any, mask: Any, inplace: bool = False) -> Any:
+        """``x * mask`` (the mask holds ``0`` or ``1 / (1 - p)``, of ``x``'s dtype)."""
+        return x * mask
+
     # -- training helpers --------------------------------------------------------------------
     def take_rows(self, a: Any, idx: Any, out: Any = None) -> Any:
         """``a[idx]`` along the first axis (into ``out`` where the engine can)."""
@@ -234,6 +312,67 @@ class Ops(ConvOps):
         v = (1.0 - b2) * (g * g) if v is None else b2 * v + (1.0 - b2) * (g * g)
         st["exp_avg"], st["exp_avg_sq"] = m, v
         return p - step_size * (m / (xp.sqrt(v) + eps_hat))
+
+    def adagrad_update(
+        self,
+        p: Any,
+        g: Any,
+        st: dict[str, Any],
+        clr: float,
+        weight_decay: float,
+        eps: float,
+        initial: float,
+        first: bool,
+    ) -> Any:
+        """One AdaGrad step (PyTorch's formulation) with the decayed rate ``clr``:
+        ``g += weight_decay * p; sum += g*g; p -= clr * g / (sqrt(sum) + eps)``; ``st``
+        holds ``"sum"``, which starts at ``initial`` (reset to it when ``first``)."""
+        xp = self.xp
+        if weight_decay:
+            g = g + weight_decay * p
+        acc = st.get("sum")
+        if acc is None or first:
+            acc = xp.zeros_like(p) + initial
+        acc = acc + g * g
+        st["sum"] = acc
+        return p - clr * (g / (xp.sqrt(acc) + eps))
+
+    def rmsprop_update(
+        self,
+        p: Any,
+        g: Any,
+        st: dict[str, Any],
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> Any:
+        """One RMSprop step (PyTorch's formulation): ``g += weight_decay * p``;
+        ``sq = alpha sq + (1 - alpha) g*g``; centered: ``ga = alpha ga + (1 - alpha) g`` and
+        ``avg = sqrt(sq - ga*ga) + eps``, else ``avg = sqrt(sq) + eps``; with momentum
+        ``buf = momentum buf + g / avg; p -= lr buf``, else ``p -= lr g / avg``. ``st``
+        holds ``"square_avg"`` (and ``"grad_avg"``, ``"momentum_buffer"``), zero at first."""
+        xp = self.xp
+        if weight_decay:
+            g = g + weight_decay * p
+        sq = st.get("square_avg")
+        sq = (1.0 - alpha) * (g * g) if sq is None else alpha * sq + (1.0 - alpha) * (g * g)
+        st["square_avg"] = sq
+        if centered:
+            ga = st.get("grad_avg")
+            ga = (1.0 - alpha) * g if ga is None else alpha * ga + (1.0 - alpha) * g
+            st["grad_avg"] = ga
+            avg = xp.sqrt(sq - ga * ga) + eps
+        else:
+            avg = xp.sqrt(sq) + eps
+        if momentum:
+            buf = st.get("momentum_buffer")
+            buf = g / avg if buf is None else momentum * buf + g / avg
+            st["momentum_buffer"] = buf
+            return p - lr * buf
+        return p - lr * (g / avg)
 
     def flat_views(self, shapes: list[tuple[int, ...]], dtype: Any) -> tuple[Any, list[Any]] | None:
         """One contiguous 1-D buffer and views of it shaped ``shapes`` (so an optimizer

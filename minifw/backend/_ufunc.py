@@ -268,6 +268,120 @@ class UfuncBackend(Backend):
         p -= tmp
         return p
 
+    def adagrad_update(
+        self,
+        p: Any,
+        g: Any,
+        st: dict[str, Any],
+        clr: float,
+        weight_decay: float,
+        eps: float,
+        initial: float,
+        first: bool,
+    ) -> Any:
+        xp = self.xp
+        tmp = self._scratch(st, p)
+        if weight_decay:
+            xp.multiply(p, weight_decay, out=tmp)
+            tmp += g
+            g = tmp.copy()
+        acc = st.get("sum")
+        if acc is None:
+            acc = st["sum"] = xp.full_like(p, initial)
+        elif first:
+            acc[...] = initial
+        xp.multiply(g, g, out=tmp)
+        acc += tmp
+        xp.sqrt(acc, out=tmp)
+        tmp += eps
+        xp.divide(g, tmp, out=tmp)
+        tmp *= clr
+        p -= tmp
+        return p
+
+    def rmsprop_update(
+        self,
+        p: Any,
+        g: Any,
+        st: dict[str, Any],
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> Any:
+        xp = self.xp
+        tmp = self._scratch(st, p)
+        if weight_decay:
+            xp.multiply(p, weight_decay, out=tmp)
+            tmp += g
+            g = tmp.copy()
+        sq = st.get("square_avg")
+        if sq is None:
+            sq = st["square_avg"] = xp.zeros_like(p)
+        # sq = alpha sq + (1 - alpha) g^2
+        sq *= alpha
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - alpha
+        sq += tmp
+        if centered:
+            ga = st.get("grad_avg")
+            if ga is None:
+                ga = st["grad_avg"] = xp.zeros_like(p)
+            ga *= alpha
+            xp.multiply(g, 1.0 - alpha, out=tmp)
+            ga += tmp
+            xp.multiply(ga, ga, out=tmp)
+            xp.subtract(sq, tmp, out=tmp)
+            xp.sqrt(tmp, out=tmp)
+        else:
+            xp.sqrt(sq, out=tmp)
+        tmp += eps
+        xp.divide(g, tmp, out=tmp)  # g / avg
+        if momentum:
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = xp.zeros_like(p)
+            buf *= momentum
+            buf += tmp
+            xp.multiply(buf, lr, out=tmp)
+        else:
+            tmp *= lr
+        p -= tmp
+        return p
+
+    # -- batch normalisation and dropout (running statistics in place) ---------------
+    def batchnorm_train(
+        self,
+        x: Any,
+        gamma: Any,
+        beta: Any,
+        running_mean: Any,
+        running_var: Any,
+        momentum: float,
+        eps: float,
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        xp = self.xp
+        axes, shape = self._bn_axes(x)
+        m = x.size // x.shape[1]
+        mean = x.mean(axis=axes, keepdims=True)
+        xhat = xp.subtract(x, mean)
+        var = xp.square(xhat).mean(axis=axes, keepdims=True)
+        inv_std = xp.sqrt(var + eps)
+        xp.divide(1.0, inv_std, out=inv_std)
+        xhat *= inv_std
+        y = xp.multiply(xhat, gamma.reshape(shape))
+        y += beta.reshape(shape)
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean.reshape(-1)
+        running_var *= 1.0 - momentum
+        running_var += (momentum * m / (m - 1)) * var.reshape(-1)
+        return y, xhat, inv_std, running_mean, running_var
+
+    def dropout_apply(self, x: Any, mask: Any, inplace: bool = False) -> Any:
+        return self.xp.multiply(x, mask, out=x if inplace else None)
+
     def _scratch(self, st: dict[str, Any], p: Any) -> Any:
         """A temporary of ``p``'s shape kept with the optimizer state (not saved with it)."""
         tmp = st.get(SCRATCH)

@@ -20,6 +20,7 @@ class _Activation(Module):
     ``op`` names the backend operation (``backend.<op>`` forward, ``<op>_backward``)."""
 
     op = ""
+    _rowwise = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,6 +83,8 @@ class Step(_Activation):
 class Identity(Module):
     """Passes its input through unchanged (its gradient too)."""
 
+    _rowwise = True
+
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
         return x, owned
 
@@ -107,6 +110,7 @@ class Softmax(_Activation):
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise TypeError(f"Softmax: axis must be an int, got {axis!r}")
         self.axis = axis
+        self._rowwise = axis == -1 or axis > 0  # not across the batch axis
 
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
         nd = len(x.shape)

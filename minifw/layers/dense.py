@@ -69,6 +69,7 @@ class Dense(Module):
 
     weight: Any
     bias: Any  # None when built with bias=False
+    _rowwise = True
 
     def __init__(
         self,

@@ -16,6 +16,8 @@ class Flatten(Module):
     A 1-D or 2-D input is returned unchanged. Backward reshapes the gradient back.
     """
 
+    _rowwise = True
+
     def __init__(self) -> None:
         super().__init__()
         self._shape: tuple[int, ...] | None = None

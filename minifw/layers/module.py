@@ -72,6 +72,9 @@ class Module:
 
     #: attributes that are caches rebuilt on demand: pickled and deep-copied as ``None``
     _transient: tuple[str, ...] = ()
+    #: in eval mode each sample's output depends on that sample only, so the inference
+    #: plan may run a batch in chunks of samples (minifw.plan)
+    _rowwise: bool = False
     _b: Backend  # the backend (set in ``__init__``, changed by ``to``)
 
     def __init_subclass__(cls, **kw: Any) -> None:
