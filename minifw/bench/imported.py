@@ -258,7 +258,7 @@ def _case(
                 "max_abs_diff_vs_torch": diffs[e.name],
             }
         row["paired_ratios_minifw_over_peer"] = {
-            e.name: paired_ratio(times[MINIFW], times[e.name]) for e in engines if e.name != MINIFW
+            e.name: paired_ratio(times[MINIFW], times[e.name]) for e in engines[1:]
         }
         rows.append(row)
     return {
@@ -305,10 +305,8 @@ def bench_imported(args: argparse.Namespace, timer: Timer, log: Any = None) -> d
     }
 
 
-def markdown(res: dict[str, Any]) -> list[str]:
-    """The report's section for this case."""
-    from .report import _fmt_time
-
+def markdown(res: dict[str, Any], _fmt_time: Any) -> list[str]:
+    """The report's section for this case (``_fmt_time``: the report's time format)."""
     lines = ["## PyTorch-trained model served by minifw", ""]
     if "skipped" in res:
         return [*lines, f"Skipped: {res['skipped']}.", ""]

@@ -98,7 +98,7 @@ def markdown(result: dict[str, Any]) -> str:
     if "imported" in result:
         from .imported import markdown as imported_markdown
 
-        lines += imported_markdown(result["imported"])
+        lines += imported_markdown(result["imported"], _fmt_time)
     tr = result.get("training")
     lines.append("## Training: one epoch, 784-256-128-10 ReLU, batch 128, Adam")
     lines.append("")

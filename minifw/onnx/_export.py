@@ -64,11 +64,9 @@ class OnnxBuilder:
 
     def add_initializer(self, value: Any, hint: str = "const") -> str:
         """Add a constant tensor (any array, converted to NumPy) and return its name."""
-        import minifw as mf
+        from .._convert import to_numpy
 
-        arr = np.ascontiguousarray(
-            mf.to_numpy(value) if not isinstance(value, np.ndarray) else value
-        )
+        arr = np.ascontiguousarray(to_numpy(value) if not isinstance(value, np.ndarray) else value)
         name = self.fresh(hint)
         self.initializers.append(self._onnx.numpy_helper.from_array(arr, name))
         return name
@@ -90,9 +88,9 @@ class OnnxBuilder:
 
 
 def _param(ctx: OnnxBuilder, layer: Any, name: str) -> str:
-    import minifw as mf
+    from .._convert import to_numpy
 
-    return ctx.add_initializer(mf.to_numpy(layer.get_param(name)), name)
+    return ctx.add_initializer(to_numpy(layer.get_param(name)), name)
 
 
 def _dense(layer: Any, ctx: OnnxBuilder, x: str) -> str:
@@ -241,7 +239,7 @@ def _input_shape(model: Any, leaves: list[Any], given: Any) -> tuple[int | None,
 def to_model_proto(model: Any, *, opset: int = DEFAULT_OPSET, input_shape: Any = None) -> Any:
     """The ``onnx.ModelProto`` of ``model`` (a minifw ``Sequential`` or layer); see
     :func:`export`."""
-    from .. import __version__
+    from .._version import __version__
     from ..layers import Module
 
     onnx = _onnx()

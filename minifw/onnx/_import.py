@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -774,7 +774,6 @@ def _build(steps: list[_Step], planner: Planner, backend: str | None) -> Any:
     from .. import backend as _backend
     from ..layers import Sequential
     from ..layers.module import LAYERS
-    from ..persistence import _quiet_rng
 
     buf, base = planner.buf, planner.base_dir
     # every weight's declared size against the bytes present, before anything is read
@@ -784,7 +783,7 @@ def _build(steps: list[_Step], planner: Planner, backend: str | None) -> Any:
     dtype = "float64" if planner.float_type == P.DOUBLE else "float32"
     ctx = _backend.use(backend) if backend is not None else contextlib.nullcontext()
     layers = []
-    with ctx, _quiet_rng():
+    with ctx, _quiet_rng():  # building draws initial weights: keep the user's stream
         for s in steps:
             cls = LAYERS.get(s.layer)
             if cls is None:
@@ -806,6 +805,18 @@ def _build(steps: list[_Step], planner: Planner, backend: str | None) -> Any:
         if not layers:
             layers.append(LAYERS["Identity"]())
         return Sequential(*layers)
+
+
+@contextlib.contextmanager
+def _quiet_rng() -> Iterator[None]:
+    from .. import _random
+
+    saved = _random._rng
+    _random._rng = np.random.default_rng(0)
+    try:
+        yield
+    finally:
+        _random._rng = saved
 
 
 def import_model(data: bytes, file: str, base_dir: str | None, backend: str | None) -> Any:

@@ -477,9 +477,10 @@ def _graph(buf: Buf, span: tuple[int, int]) -> Graph:
     inits: dict[str, Tensor] = {}
     for i, s in enumerate(f.get(5, [])):
         t = _tensor(buf, s, f"initializer {i}")
-        if t.name in inits:
-            raise buf.fail(f"initializer {t.name!r} appears twice")
-        inits[t.name] = t
+        key = t.name
+        if key in inits:
+            raise buf.fail(f"initializer {key!r} appears twice")
+        inits[key] = t
     return Graph(
         name=_str(buf, _one(f, 2, (0, 0)), where),
         nodes=[_node(buf, s, i) for i, s in enumerate(f.get(1, []))],
