@@ -20,6 +20,7 @@ from ._convert import to_numpy
 from ._random import seed
 from ._version import __version__
 from .errors import BackendError, FormatError, MinifwError, ShapeError
+from .gradcheck import GradientCheckError, gradcheck
 from .layers import (
     AvgPool2D,
     BatchNorm,
@@ -60,6 +61,7 @@ __all__ = [
     "Dropout",
     "Flatten",
     "FormatError",
+    "GradientCheckError",
     "GlobalAvgPool2D",
     "History",
     "Identity",
@@ -79,6 +81,7 @@ __all__ = [
     "datasets",
     "from_weights",
     "functional",
+    "gradcheck",
     "load",
     "losses",
     "onnx",
