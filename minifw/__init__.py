@@ -43,7 +43,7 @@ from .layers import (
 from .persistence import from_weights, load, save
 from .training import History, NonFiniteLossError
 
-_LAZY = ("datasets", "cli", "training", "persistence")
+_LAZY = ("datasets", "cli", "training", "persistence", "onnx")
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: submodules loaded on first use
@@ -84,6 +84,7 @@ __all__ = [
     "gradcheck",
     "load",
     "losses",
+    "onnx",
     "optim",
     "plan",
     "register_layer",

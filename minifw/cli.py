@@ -1,4 +1,4 @@
-"""The ``minifw`` command: ``info``, ``eval``, ``predict`` and ``bench``.
+"""The ``minifw`` command: ``info``, ``eval``, ``predict``, ``convert`` and ``bench``.
 
 Exit codes: 0 success; 2 usage errors (unknown subcommand, bad flag); 1 runtime errors,
 printed as one line ``minifw: error: ...`` (with the traceback under ``--debug``).
@@ -230,6 +230,40 @@ def _with_backend(name: str | None, fn: Any) -> Any:
         return fn()
 
 
+# -- convert ----------------------------------------------------------------------------------
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import minifw as mf
+
+    src = mf.load(args.source)
+    dst = os.fspath(args.dest)
+    if dst.lower().endswith(".onnx"):
+        shape = None
+        if args.input_shape:
+            try:
+                shape = tuple(int(v) for v in args.input_shape.split(","))
+            except ValueError:
+                raise _UsageError(
+                    f"--input-shape: expected sizes like 1,28,28, got {args.input_shape!r}"
+                ) from None
+        try:
+            mf.onnx.export(src, dst, opset=args.opset or mf.onnx.DEFAULT_OPSET, input_shape=shape)
+        except ValueError as e:
+            if "input_shape" not in str(e) or shape is not None:
+                raise
+            raise _UsageError(
+                "the model's first layer does not tell its input shape: pass --input-shape "
+                "with one sample's sizes, e.g. --input-shape 1,28,28"
+            ) from None
+    elif args.opset is not None or args.input_shape:
+        raise _UsageError("--opset and --input-shape apply to an .onnx destination only")
+    else:
+        src.save(dst)
+    print(f"wrote {dst}: {src.num_parameters():,} parameters")
+    return 0
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 
@@ -332,6 +366,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="save the model's outputs to this .npy")
     p.add_argument("--classes", action="store_true", help="with -o: save class indices instead")
 
+    p = sub.add_parser(
+        "convert",
+        parents=[debug],
+        help="convert a model between .npz, .safetensors and .onnx",
+        description="Load SOURCE (.npz, .safetensors or .onnx) and write it to DEST, the "
+        "format chosen by DEST's extension (.onnx: an ONNX graph; .safetensors; else .npz).",
+    )
+    p.add_argument("source", metavar="SOURCE", help="the model to read")
+    p.add_argument("dest", metavar="DEST", help="the file to write")
+    p.add_argument(
+        "--opset", type=_positive_int, default=None, help="ONNX opset to write (default 17)"
+    )
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        help="ONNX: one sample's sizes, e.g. 1,28,28, when the first layer does not tell them",
+    )
+
     sub.add_parser(
         "bench",
         add_help=False,
@@ -374,7 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command is None:
             parser.print_help(sys.stderr)
             return 2
-        handler = {"info": _cmd_info, "eval": _cmd_eval, "predict": _cmd_predict}[ns.command]
+        handler = {
+            "info": _cmd_info,
+            "eval": _cmd_eval,
+            "predict": _cmd_predict,
+            "convert": _cmd_convert,
+        }[ns.command]
         return handler(ns)
     except SystemExit as e:  # argparse: --help (0), usage errors (2)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)

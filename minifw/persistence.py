@@ -350,10 +350,16 @@ def _is_safetensors(path: str, head: bytes) -> bool:
 def save(model: Module, path: str | os.PathLike[str]) -> None:
     """Save ``model`` (architecture, parameters, dtype) to ``path``.
 
-    A path ending in ``.safetensors`` is written as safetensors; anything else as ``.npz``
-    (at exactly ``path``: no suffix is added). Written atomically.
+    A path ending in ``.safetensors`` is written as safetensors, one ending in ``.onnx`` as
+    an ONNX graph (see :mod:`minifw.onnx`); anything else as ``.npz`` (at exactly ``path``:
+    no suffix is added). Written atomically.
     """
     file = os.fspath(path)
+    if file.lower().endswith(".onnx"):  # ONNX graph (needs the optional onnx package)
+        from .onnx import export
+
+        export(model, file)
+        return
     text = _architecture(model)
     params = model.state_dict()
     if file.endswith(".safetensors"):
@@ -382,12 +388,17 @@ def load(path: str | os.PathLike[str], *, backend: str | None = None) -> Module:
 
     Anything that is not a valid minifw model raises :class:`minifw.FormatError` naming
     the file and the problem. For a plain ``W1, b1, W2, b2, ...`` weight file use
-    :func:`from_weights`.
+    :func:`from_weights`. A path ending in ``.onnx`` is imported as an ONNX graph (see
+    :mod:`minifw.onnx`).
     """
     from . import backend as _backend
 
     file, head = _open_checked(path)
     size = os.path.getsize(file)
+    if file.lower().endswith(".onnx") and not head.startswith(b"PK"):
+        from .onnx import load as load_onnx
+
+        return load_onnx(file, backend=backend)  # type: ignore[no-any-return]
     if head.startswith(b"PK"):
         arrays = _read_npz(file)
         if HEADER_KEY not in arrays:

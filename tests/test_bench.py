@@ -45,6 +45,27 @@ def test_bench_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     started = time.strptime(res["machine"]["started_utc"], "%Y-%m-%d %H:%M:%S")
     assert abs(calendar.timegm(started) - time.time()) < 3600  # when the run began, in UTC
     assert res["training"]["skipped"].startswith("--smoke")
+    imp = res["imported"]  # the PyTorch-trained model served by minifw
+    if "skipped" in imp:
+        assert "torch" in imp["skipped"] or "onnxruntime" in imp["skipped"], imp
+    else:
+        mlp = imp["cases"][0]
+        assert mlp["name"] == "MLP" and [r["batch"] for r in mlp["rows"]] == [1, 64]
+        assert mlp["imported_as"].startswith("Dense -> ReLU")
+        for r in [r for c in imp["cases"] for r in c["rows"]]:
+            assert set(r["engines"]) == {
+                "minifw numpy model(x) (imported .onnx)",
+                "onnxruntime CPU (the exported .onnx)",
+                "torch eager (the PyTorch original)",
+            }
+            for name, v in r["engines"].items():
+                assert v["max_abs_diff_vs_torch"] < 1e-5 and v["median_s"] > 0, name
+            assert all(x > 0 for x in r["paired_ratios_minifw_over_peer"].values())
+        sizes = imp["installed_size"]
+        assert sizes["NumPy alone"]["total_bytes"] > 1 << 20
+        assert sizes["minifw (with NumPy)"]["total_bytes"] > sizes["NumPy alone"]["total_bytes"]
+        assert sizes["PyTorch CPU"]["total_bytes"] > sizes["minifw (with NumPy)"]["total_bytes"]
+        assert "## PyTorch-trained model served by minifw" in (out / "bench.md").read_text()
     md = (out / "bench.md").read_text()
     assert "## S (784-50-100-10 sigmoid/softmax), batch 64" in md and "| engine |" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -78,3 +78,12 @@ def test_activation_functions_writes_a_png(tmp_path: Path) -> None:
     assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
     width, height = struct.unpack(">II", data[16:24])
     assert width >= 600 and height >= 200
+
+
+def test_onnx_roundtrip() -> None:
+    for mod in ("torch", "onnx", "onnxruntime"):
+        pytest.importorskip(mod, reason=f"the ONNX round-trip example needs {mod}")
+    out = run_example("onnx_roundtrip.py")
+    assert "check minifw == PyTorch on 500 inputs" in out
+    assert "ONNX Runtime == minifw" in out and "the same bits: ok" in out
+    assert out.rstrip().endswith("all checks passed")

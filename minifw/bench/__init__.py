@@ -13,6 +13,9 @@ Runtime (CPU provider, the same graph built with the ``onnx`` helper API) and th
 floor (only the three matmuls, into preallocated outputs). minifw on torch and jax is also
 set against that engine's own fastest form ("each engine at its own speed": paired ratios
 ``minifw torch model(x) / torch eager`` and ``minifw jax model(x) / jax.jit``).
+"PyTorch-trained model served by minifw" (``imported``): a PyTorch MLP exported with
+``torch.onnx.export`` and imported with ``mf.load``, at batches 1, 64 and 10,000, minifw on
+NumPy against ONNX Runtime and the PyTorch original, with each one's installed size.
 Training: one Fashion-MNIST epoch of 784-256-128-10 (batch 128, Adam) against PyTorch CPU,
 from ``benchmarks/train_epoch.py`` when it is there.
 
@@ -32,7 +35,7 @@ installs them.
 
 Layout: ``machine`` (machine facts, ``/proc/stat`` busy time), ``nets`` (the S/W networks and
 the minifw model), ``peers`` (hand-written NumPy, GEMM floor, PyTorch, ONNX Runtime and the
-ONNX graph), ``engines`` (what is timed per configuration), ``timing`` (the measuring loop,
+ONNX graph), ``engines`` (what is timed per configuration), ``imported`` (the PyTorch-trained model case), ``timing`` (the measuring loop,
 paired ratios, memory), ``runner`` (inference and training runs), ``report`` (markdown and
 chart), ``cli`` (options, ``main``). Nothing in the core library imports this package.
 """

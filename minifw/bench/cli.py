@@ -15,6 +15,7 @@ import numpy as np
 
 from minifw._atomic import atomic_write
 
+from .imported import bench_imported
 from .machine import machine_info
 from .nets import MINIFW_REF, MINIFW_REF_GPU, NETWORKS, SMOKE_BATCHES
 from .report import chart, markdown
@@ -68,6 +69,11 @@ def parser() -> argparse.ArgumentParser:
         "--no-serving",
         action="store_true",
         help="skip the serving case (1, 2, 4 client threads calling predict on W)",
+    )
+    ap.add_argument(
+        "--no-imported",
+        action="store_true",
+        help='skip the "PyTorch-trained model served by minifw" case',
     )
     ap.add_argument("--train-epochs", type=int, default=None, help="epochs per engine")
     ap.add_argument("--data-dir", type=Path, default=None, help="for the Fashion-MNIST epoch")
@@ -154,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         log(args, "serving: 1, 2, 4 client threads")
         serve_s = 0.05 if args.smoke else 0.3 if args.quick else 1.0
         result["serving"] = bench_serving(serve_s, 1 if args.smoke else 3 if args.quick else 5)
+    if args.no_imported or args.device == "cuda":
+        result["imported"] = {"skipped": "--no-imported" if args.no_imported else "CPU only"}
+    else:
+        try:
+            result["imported"] = bench_imported(args, timer, log)
+        except Exception as e:  # record, do not lose the other figures
+            result["imported"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
     if args.no_train:
         result["training"] = {"skipped": "--no-train"}
     else:

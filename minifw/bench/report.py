@@ -97,6 +97,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     lines += _own_speed_table(result["inference"])
     lines += serving_markdown(result.get("serving", []))
+    if "imported" in result:
+        from .imported import markdown as imported_markdown
+
+        lines += imported_markdown(result["imported"], _fmt_time)
     tr = result.get("training")
     lines.append("## Training: one epoch, 784-256-128-10 ReLU, batch 128, Adam")
     lines.append("")
