@@ -78,3 +78,13 @@ def test_activation_functions_writes_a_png(tmp_path: Path) -> None:
     assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
     width, height = struct.unpack(">II", data[16:24])
     assert width >= 600 and height >= 200
+
+
+def test_book_convnets_reproduce_the_books_networks(data_dir: Path) -> None:
+    """The book's trained SimpleConvNet and DeepConvNet on the MNIST test set (the counts
+    are checked against an independent PyTorch forward in tests/test_book_convnets.py)."""
+    out = run_example("book_convnets.py", env={"MINIFW_DATA_DIR": str(data_dir)})
+    assert out.splitlines() == [
+        "SimpleConvNet (ch. 7) accuracy 0.9600 (9600/10000)",
+        "DeepConvNet   (ch. 8) accuracy 0.9797 (9797/10000)",
+    ]
