@@ -4,6 +4,7 @@ JSON, markdown and PNG. Nothing here asserts a timing."""
 from __future__ import annotations
 
 import calendar
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -153,3 +154,69 @@ def test_paired_ratio_is_the_median_of_the_per_round_ratios() -> None:
     assert bench.paired_ratio([3.0], [1.0]) == 3.0
     with pytest.raises(ValueError):
         bench.paired_ratio([1.0, 2.0], [1.0])  # one time per round on both sides
+
+
+def test_bench_smoke_cnn_cases(tmp_path: Path) -> None:
+    """C1 (SimpleConvNet) and C2 (DeepConvNet): tiny batches, every engine computes the same
+    network, and the CNN training epoch runs (300 random images) against PyTorch."""
+    rc = bench.main(["--smoke", "--networks", "C1,c2", "--out", str(tmp_path), "--backends", ""])
+    assert rc == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["network"], r["batch"]) for r in res["inference"]] == [
+        ("C1", 1),
+        ("C1", 8),
+        ("C2", 1),
+        ("C2", 8),
+    ]
+    for row in res["inference"]:
+        eng = row["engines"]
+        assert {bench.MINIFW_REF, "minifw numpy predict(x)"} <= set(eng)
+        for name, v in eng.items():
+            assert v["min_s"] <= v["median_s"] <= v["max_s"] and v["min_s"] > 0
+            assert v["max_abs_diff_vs_float64"] < 1e-5, (row["network"], name)
+        for p in ("torch eager", "onnxruntime CPU"):  # measured or skipped with a note
+            assert p in eng or "skipped" in res["notes"].get(p, ""), p
+        assert row["gflop_per_call"] > 0
+    assert res["training"]["skipped"] == "no MLP network (S, W) selected"
+    tr = res["training_cnn"]
+    assert tr["samples"] == 300 and tr["minifw"]["median_s"] > 0
+    assert np.isfinite(tr["minifw"]["loss"][0])
+    if isinstance(tr.get("torch"), dict):
+        assert tr["ratio_minifw_over_torch"] > 0 and np.isfinite(tr["torch"]["loss"][0])
+    md = (tmp_path / "bench.md").read_text()
+    assert "## C2 (DeepConvNet: " in md and "batch 8" in md
+    assert "## Training: one epoch, CNN" in md
+
+
+def test_bench_cnn_networks_agree_with_the_reference() -> None:
+    """The minifw model, torch.nn modules and the ONNX graph of C1 and C2 compute the plain
+    NumPy float64 forward; the memory bound counts the largest activations."""
+    from minifw.bench.convnets import ConvNet
+
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    for name in ("C1", "C2"):
+        net = ConvNet(name)
+        ref = net.reference(x)
+        assert ref.shape == (3, 10)
+        np.testing.assert_allclose(net.minifw_model()(x), ref, atol=1e-6)
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            with torch.inference_mode():
+                got = net.torch_sequential()(torch.from_numpy(x)).numpy()
+            np.testing.assert_allclose(got, ref, atol=1e-6)
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(net.onnx_model_bytes(), providers=["CPUExecutionProvider"])
+            np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, atol=1e-6)
+    deep = ConvNet("C2")
+    assert max(deep.act_bytes(10)) == 10 * 16 * 28 * 28 * 4  # conv1's and conv2's outputs
+    assert deep.flops(1) > ConvNet("C1").flops(1) > 0
+
+
+def test_bench_rejects_cnn_cases_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--networks", "C1", "--device", "cuda", "--smoke"])
+    assert e.value.code == 2
+    assert "CPU only" in capsys.readouterr().err

@@ -87,3 +87,13 @@ def test_onnx_roundtrip() -> None:
     assert "check minifw == PyTorch on 500 inputs" in out
     assert "ONNX Runtime == minifw" in out and "the same bits: ok" in out
     assert out.rstrip().endswith("all checks passed")
+
+
+def test_book_convnets_reproduce_the_books_networks(data_dir: Path) -> None:
+    """The book's trained SimpleConvNet and DeepConvNet on the MNIST test set (the counts
+    are checked against an independent PyTorch forward in tests/test_book_convnets.py)."""
+    out = run_example("book_convnets.py", env={"MINIFW_DATA_DIR": str(data_dir)})
+    assert out.splitlines() == [
+        "SimpleConvNet (ch. 7) accuracy 0.9600 (9600/10000)",
+        "DeepConvNet   (ch. 8) accuracy 0.9797 (9797/10000)",
+    ]

@@ -19,6 +19,11 @@ NumPy against ONNX Runtime and the PyTorch original, with each one's installed s
 Training: one Fashion-MNIST epoch of 784-256-128-10 (batch 128, Adam) against PyTorch CPU,
 from ``benchmarks/train_epoch.py`` when it is there.
 
+CNN cases (``--networks C1,C2``; ``convnets``): the book's SimpleConvNet (C1) and DeepConvNet
+(C2) with random weights on (N, 1, 28, 28) inputs, batches 1, 100, 10000, minifw (NumPy)
+against PyTorch eager and ONNX Runtime; with them, one training epoch of a conv-BN-ReLU-pool
+CNN on Fashion-MNIST (batch 100, Adam) against PyTorch.
+
 Method: for each configuration every engine is warmed up, then timed in interleaved
 rounds (engine A, B, C, ... then again, the order rotated each round). Before each timed
 loop the command waits until the previous engine's worker threads have stopped spinning
@@ -35,7 +40,7 @@ installs them.
 
 Layout: ``machine`` (machine facts, ``/proc/stat`` busy time), ``nets`` (the S/W networks and
 the minifw model), ``peers`` (hand-written NumPy, GEMM floor, PyTorch, ONNX Runtime and the
-ONNX graph), ``engines`` (what is timed per configuration), ``imported`` (the PyTorch-trained model case), ``timing`` (the measuring loop,
+ONNX graph), ``convnets`` (the CNN cases: networks, peers, training epoch), ``engines`` (what is timed per configuration), ``imported`` (the PyTorch-trained model case), ``timing`` (the measuring loop,
 paired ratios, memory), ``runner`` (inference and training runs), ``report`` (markdown and
 chart), ``cli`` (options, ``main``). Nothing in the core library imports this package.
 """

@@ -15,11 +15,12 @@ import numpy as np
 
 from minifw._atomic import atomic_write
 
+from .convnets import CONV_NETWORKS, CONV_SMOKE_BATCHES
 from .imported import bench_imported
 from .machine import machine_info
 from .nets import MINIFW_REF, MINIFW_REF_GPU, NETWORKS, SMOKE_BATCHES
 from .report import chart, markdown
-from .runner import bench_inference, bench_training, log
+from .runner import bench_cnn_training_case, bench_inference, bench_training, log
 from .serving import bench_serving
 from .timing import Timer
 
@@ -39,7 +40,12 @@ def parser() -> argparse.ArgumentParser:
         help="tiny batches, one short round, no memory or training (a test of the command)",
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output dir")
-    ap.add_argument("--networks", default="S,W", help="comma-separated: S, W (default both)")
+    ap.add_argument(
+        "--networks",
+        default="S,W",
+        help="comma-separated: S, W (MLPs), C1, C2 (the book's CNNs: SimpleConvNet, "
+        "DeepConvNet; with them, a CNN training epoch) (default S,W)",
+    )
     ap.add_argument(
         "--batch-sizes",
         default=None,
@@ -97,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code (0 ok, 2 usage error)."""
     ap = parser()
     args = ap.parse_args(argv)
+    known = {**NETWORKS, **CONV_NETWORKS}
     nets = [n.strip().upper() for n in args.networks.split(",") if n.strip()]
-    bad = [n for n in nets if n not in NETWORKS]
+    bad = [n for n in nets if n not in known]
     if bad or not nets:
-        ap.error(f"--networks: unknown {bad or args.networks!r}; choose from {list(NETWORKS)}")
+        ap.error(f"--networks: unknown {bad or args.networks!r}; choose from {list(known)}")
+    if args.device == "cuda" and any(n in CONV_NETWORKS for n in nets):
+        ap.error("--networks: the CNN cases (C1, C2) run on the CPU only")
     args.networks = nets
-    args.batches = dict(SMOKE_BATCHES) if args.smoke else {}
+    args.batches = {**SMOKE_BATCHES, **CONV_SMOKE_BATCHES} if args.smoke else {}
     for item in (args.batch_sizes or "").split(";"):
         if not item.strip():
             continue
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batches[name.strip().upper()] = tuple(int(v) for v in sizes.split(","))
         except ValueError:
             ap.error(f"--batch-sizes: expected e.g. 'S=1,100;W=8192', got {item!r}")
-        if name.strip().upper() not in NETWORKS or min(args.batches[name.strip().upper()]) < 1:
+        if name.strip().upper() not in known or min(args.batches[name.strip().upper()]) < 1:
             ap.error(f"--batch-sizes: bad entry {item!r}")
     quick = args.quick or args.smoke
     rounds = args.rounds or (1 if args.smoke else 3 if args.quick else 9)
@@ -167,14 +176,25 @@ def main(argv: list[str] | None = None) -> int:
             result["imported"] = bench_imported(args, timer, log)
         except Exception as e:  # record, do not lose the other figures
             result["imported"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
+    cnn = any(n in CONV_NETWORKS for n in nets)
     if args.no_train:
         result["training"] = {"skipped": "--no-train"}
+        if cnn:
+            result["training_cnn"] = {"skipped": "--no-train"}
+    elif all(n in CONV_NETWORKS for n in nets):
+        result["training"] = {"skipped": "no MLP network (S, W) selected"}
     else:
         log(args, "training epoch")
         try:
             result["training"] = bench_training(args)
         except Exception as e:  # record, do not lose the inference figures
             result["training"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
+    if cnn and not args.no_train:
+        log(args, "CNN training epoch")
+        try:
+            result["training_cnn"] = bench_cnn_training_case(args)
+        except Exception as e:  # record, do not lose the inference figures
+            result["training_cnn"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
     result["timing"] = {
         "rounds": rounds,
         "loop_seconds": loop_s,

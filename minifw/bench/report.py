@@ -118,6 +118,7 @@ def markdown(result: dict[str, Any]) -> str:
             line += f"; PyTorch: {tr.get('torch')}."
         lines.append(line)
     lines.append("")
+    lines += _cnn_training(result.get("training_cnn"))
     if result["notes"]:
         lines.append("## Notes")
         lines.append("")
@@ -125,6 +126,27 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"* {k}: {v}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cnn_training(tr: dict[str, Any] | None) -> list[str]:
+    if tr is None:
+        return []
+    lines = ["## Training: one epoch, CNN (conv-BN-ReLU-pool x2, Dense), batch 100, Adam", ""]
+    if "skipped" in tr:
+        return lines + [f"Skipped: {tr['skipped']}.", ""]
+    mf_ = tr["minifw"]
+    line = (
+        f"Data: {tr['data']}. minifw {mf_['median_s']:.2f} s/epoch (median of "
+        f"{len(mf_['seconds'])})"
+    )
+    if isinstance(tr.get("torch"), dict):
+        line += (
+            f"; PyTorch {tr['torch']['median_s']:.2f} s/epoch; ratio minifw ÷ PyTorch "
+            f"{tr['ratio_minifw_over_torch']:.2f}× (paired {tr['paired_ratio_minifw_over_torch']:.2f}×)."
+        )
+    else:
+        line += f"; PyTorch: {tr.get('torch')}."
+    return lines + [line, ""]
 
 
 def _own_speed_table(rows: list[dict[str, Any]]) -> list[str]:

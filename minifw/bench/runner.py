@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .convnets import CONV_NETWORKS, ConvNet, build_conv_engines
 from .engines import OWN_SPEED, build_engines, build_gpu_engines
 from .nets import GPU_BATCHES, MINIFW_REF, MINIFW_REF_GPU, NETWORKS, Net
 from .peers import hand_written
@@ -32,18 +33,24 @@ def bench_inference(
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(1)
     for net_name in args.networks:
-        net = Net(net_name)
+        conv = net_name in CONV_NETWORKS  # a CNN case (C1, C2): minifw.bench.convnets
+        net: Any = ConvNet(net_name) if conv else Net(net_name)
         gpu = args.device == "cuda"
-        default = GPU_BATCHES[net_name] if gpu else NETWORKS[net_name]["batches"]
+        spec = CONV_NETWORKS[net_name] if conv else NETWORKS[net_name]
+        default = GPU_BATCHES[net_name] if gpu else spec["batches"]
         batches = args.batches.get(net_name, default)
         ref_name = MINIFW_REF_GPU if gpu else MINIFW_REF
         for batch in batches:
-            x = rng.random((batch, net.sizes[0]), dtype=np.float32)
-            if gpu:
+            shape = net.input_shape if conv else (net.sizes[0],)
+            x = rng.random((batch, *shape), dtype=np.float32)
+            if conv:
+                engines = build_conv_engines(net, x, notes)
+            elif gpu:
                 engines = build_gpu_engines(net, x, notes)
             else:
                 engines = build_engines(net, x, backends, notes)
-            ref = hand_written(net)(x.astype(np.float64))  # float64 reference output
+            # float64 reference output (the CNNs': of the first rows)
+            ref = net.reference(x) if conv else hand_written(net)(x.astype(np.float64))
             checks = {}
             for e in engines:
                 if e.kind != "floor":
@@ -52,7 +59,7 @@ def bench_inference(
                         import minifw as mf
 
                         r = mf.to_numpy(r) if not hasattr(r, "cpu") else r.cpu().numpy()
-                    checks[e.name] = max_abs_diff(r, ref)
+                    checks[e.name] = max_abs_diff(r[: len(ref)] if conv else r, ref)
             log(args, f"{net_name} batch {batch}: {len(engines)} engines")
             times = timer.measure(engines)
             mem = {e.name: memory_per_call(e) for e in engines} if not (args.smoke or gpu) else {}
@@ -107,6 +114,19 @@ def bench_inference(
 
 def _train_script() -> Path:
     return Path(__file__).resolve().parents[2] / "benchmarks" / "train_epoch.py"
+
+
+def bench_cnn_training_case(args: argparse.Namespace) -> dict[str, Any]:
+    """The CNN training epoch (``minifw.bench.convnets``): Fashion-MNIST when the data is
+    there (the first 10,000 images with ``--quick``), 300 random images with ``--smoke``."""
+    from .convnets import bench_cnn_training
+
+    data_dir = args.data_dir or (
+        Path(os.environ["MINIFW_DATA_DIR"]) if os.environ.get("MINIFW_DATA_DIR") else None
+    )
+    if args.smoke:
+        return bench_cnn_training(None, 1, 300)
+    return bench_cnn_training(data_dir, args.train_epochs, 10000 if args.quick else None)
 
 
 def bench_training(args: argparse.Namespace) -> dict[str, Any]:

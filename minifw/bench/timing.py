@@ -16,7 +16,6 @@ import numpy as np
 from minifw._util import cores
 
 from .machine import busy_seconds
-from .nets import Net
 
 
 class Engine:
@@ -180,9 +179,10 @@ def memory_per_call(e: Engine) -> dict[str, Any]:
     return out
 
 
-def minifw_cold_memory(net: Net, x: np.ndarray) -> dict[str, Any]:
+def minifw_cold_memory(net: Any, x: np.ndarray) -> dict[str, Any]:
     """minifw's first predict on a fresh model (its buffers allocated), against the bound
-    ``input + the two largest activations``."""
+    ``input + the two largest activations`` (``net``: a :class:`Net` or a
+    :class:`~minifw.bench.convnets.ConvNet`)."""
     model = net.minifw_model("numpy")
     tracemalloc.start()
     try:
