@@ -159,6 +159,16 @@ class _Fused:
                     self._block(x[s : s + chunk], y[s : s + chunk])
         return y
 
+    def inner(self, x: Any) -> Any:
+        """``run`` for a chunk inside a group, whose caller already holds the BLAS section:
+        one block on this thread, no section of its own."""
+        shape = x.shape
+        if len(shape) != 2 or shape[1] != self.n_in or self._fn is not None or not shape[0]:
+            return self.run(x)  # other shapes (no BLAS section is entered on those paths)
+        y = self.backend.empty((shape[0], self.widths[-1]), x.dtype)
+        self._block(x, y)
+        return y
+
     def _layers(self, x: Any) -> Any:
         for m, _ in self.steps:
             x, _o = m._forward(x, False, False)
@@ -271,6 +281,10 @@ class _Layer:
         with self.m.backend.whole_section():
             return self.m._forward(x, False, False)[0]
 
+    def inner(self, x: Any) -> Any:
+        """``run`` inside a group's chunk (the caller holds the BLAS section)."""
+        return self.m._forward(x, False, False)[0]
+
     def describe(self) -> str:
         return self.m._describe()
 
@@ -311,9 +325,15 @@ class _Group:
         return "{" + " | ".join(parts) + "}"
 
     def _whole(self, x: Any) -> Any:
+        """Every segment on ``x``, inside the section the caller holds."""
         for s in self.segs:
-            x = s.run(x, None)
+            x = s.inner(x)
         return x
+
+    def _alone(self, x: Any) -> Any:
+        """Every segment on ``x`` as one block, on this thread: BLAS as the user set it."""
+        with self.backend.whole_section():
+            return self._whole(x)
 
     def _geometry(self, sample: tuple[int, ...]) -> tuple[tuple[int, ...], int] | None:
         """(output shape of one sample, widest per-sample activation) for samples of shape
@@ -341,10 +361,10 @@ class _Group:
     def run(self, x: Any, max_rows: int | None = None) -> Any:
         b = self.backend
         if len(x.shape) < 2 or b.lazy:
-            return self._whole(x)
+            return self._alone(x)
         geo = self._geometry(tuple(int(d) for d in x.shape[1:]))
         if geo is None:
-            return self._whole(x)
+            return self._alone(x)
         out_sample, widest = geo
         n = int(x.shape[0])
         rows = min(GROUP_MAX_ROWS, max(GROUP_MIN_ROWS, GROUP_CHUNK_ELEMS // max(widest, 1)))
@@ -354,10 +374,11 @@ class _Group:
         if max_rows is not None:
             rows = max(1, min(rows, max_rows))
         if n <= rows:
-            return self._whole(x)
+            return self._alone(x)
         whole = self._whole
         if not b.mutable:
-            parts = [whole(x[s : min(s + rows, n), ...]) for s in range(0, n, rows)]
+            with b.whole_section():
+                parts = [whole(x[s : min(s + rows, n), ...]) for s in range(0, n, rows)]
             return b.xp.concat(parts, axis=0)
         threads = min(threads, -(-n // rows))
         nchunks = -(-n // rows)
@@ -374,8 +395,9 @@ class _Group:
         if threads > 1:
             _run_chunks(b, nchunks, threads, one)
         else:
-            for i in range(nchunks):
-                one(i)
+            with b.whole_section():
+                for i in range(nchunks):
+                    one(i)
         return y
 
 

@@ -26,6 +26,7 @@ def _lookup_again(monkeypatch: Any, build: Any = None) -> None:
     """Forget the cached GEMM lookup (restored after the test): the next call runs
     ``build`` (by default the real one, which reads MINIFW_FUSED_GEMM again)."""
     monkeypatch.setattr(_gemm, "_funcs", Once(build or _gemm._build))
+    monkeypatch.setattr(_gemm, "wanted", Once(_gemm.wanted._build))  # MINIFW_FUSED_GEMM too
 
 
 def _numpy_has_openblas() -> bool:
