@@ -94,6 +94,8 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
                 return y
             if act == "sigmoid":
                 return self._sigmoid_of_negated(np.negative(y, y))
+            if act == "softmax":
+                return self.softmax(y, True)
             return self.activate(act, y, True)
         rows = x.size // n_in if n_in else 0
         if b is not None and rows * n_out >= _gemm.MIN_ELEMS and x.dtype == w.dtype:

@@ -83,14 +83,14 @@ class UfuncBackend(Backend):
         """
         xp = self.xp
         one = self._ones[y.dtype]
-        if y.size <= SMALL:
+        if y.size <= SMALL:  # (out positional where allowed: cheaper than out=)
             xp.minimum(y, self._max_exp[y.dtype], out=y)
-            xp.exp(y, out=y)
+            xp.exp(y, y)
         else:
             with np.errstate(over="ignore"):
-                xp.exp(y, out=y)
-        xp.add(y, one, out=y)
-        xp.divide(one, y, out=y)
+                xp.exp(y, y)
+        xp.add(y, one, y)
+        xp.divide(one, y, y)
         return y
 
     def sigmoid(self, x: Any, inplace: bool = False) -> Any:

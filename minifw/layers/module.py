@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -47,6 +48,9 @@ LAYERS: dict[str, type[Module]] = {}
 # ids of the modules in training mode for this thread's / task's running ``fit``: another
 # thread's forward pass on the same model sees them in eval mode
 _FIT_TRAINING: ContextVar[frozenset[int]] = ContextVar("minifw_fit", default=frozenset())
+# how many fit contexts are open in the process: with none, ``training`` skips the lookup
+_FITS_OPEN = [0]
+_FITS_LOCK = threading.Lock()
 
 
 def register_layer(cls: type[Module]) -> type[Module]:
@@ -193,7 +197,9 @@ class Module:
     @property
     def training(self) -> bool:
         """True in training mode: ``model.train()``, or inside this thread's ``fit``."""
-        return self._training or id(self) in _FIT_TRAINING.get()
+        if self._training:
+            return True
+        return bool(_FITS_OPEN[0]) and id(self) in _FIT_TRAINING.get()
 
     @training.setter
     def training(self, mode: bool) -> None:
@@ -413,7 +419,11 @@ class _FitContext:
         self.token: Any = None
 
     def __enter__(self) -> None:
+        with _FITS_LOCK:
+            _FITS_OPEN[0] += 1
         self.token = _FIT_TRAINING.set(_FIT_TRAINING.get() | self.ids)
 
     def __exit__(self, *exc: object) -> None:
         _FIT_TRAINING.reset(self.token)
+        with _FITS_LOCK:
+            _FITS_OPEN[0] -= 1
