@@ -448,7 +448,7 @@ def _fill(model: Module, arrays: Mapping[str, np.ndarray], file: str) -> None:
         cur = m.get_param(n)
         want_shape = tuple(cur.shape)
         want_dtype = m.backend.dtype_name(cur)
-        if a.dtype.name != want_dtype:
+        if a.dtype != np.dtype(want_dtype):
             raise FormatError(
                 f"{file}: parameter {key!r} has dtype {a.dtype}, expected {want_dtype}"
             )
@@ -552,7 +552,7 @@ def from_weights(
             raise FormatError(
                 f"{file}: b{i} must have shape ({w.shape[1]},), got {b.dtype} {b.shape}"
             )
-        dt = dtype or (w.dtype.name if w.dtype.name in _FLOATS else "float32")
+        dt = dtype or (str(w.dtype) if str(w.dtype) in _FLOATS else "float32")
         with _quiet_rng():
             layer = Dense(
                 int(w.shape[0]), int(w.shape[1]), bias=b is not None, init="zeros", dtype=dt

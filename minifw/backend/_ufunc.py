@@ -203,9 +203,7 @@ class UfuncBackend(Backend):
         xp = self.xp
         tmp = self._scratch(st, p)
         if weight_decay:
-            xp.multiply(p, weight_decay, out=tmp)
-            tmp += g
-            g = tmp
+            g = self._decayed(p, g, weight_decay, tmp)
         if momentum:
             buf = st.get("momentum_buffer")
             if buf is None:
@@ -243,9 +241,7 @@ class UfuncBackend(Backend):
             if decoupled:
                 p *= 1.0 - lr * weight_decay
             else:
-                xp.multiply(p, weight_decay, out=tmp)
-                tmp += g
-                g = tmp.copy()
+                g = self._decayed(p, g, weight_decay, tmp)
         m = st.get("exp_avg")
         if m is None:
             m = st["exp_avg"] = xp.zeros_like(p)
@@ -282,9 +278,7 @@ class UfuncBackend(Backend):
         xp = self.xp
         tmp = self._scratch(st, p)
         if weight_decay:
-            xp.multiply(p, weight_decay, out=tmp)
-            tmp += g
-            g = tmp.copy()
+            g = self._decayed(p, g, weight_decay, tmp)
         acc = st.get("sum")
         if acc is None:
             acc = st["sum"] = xp.full_like(p, initial)
@@ -314,9 +308,7 @@ class UfuncBackend(Backend):
         xp = self.xp
         tmp = self._scratch(st, p)
         if weight_decay:
-            xp.multiply(p, weight_decay, out=tmp)
-            tmp += g
-            g = tmp.copy()
+            g = self._decayed(p, g, weight_decay, tmp)
         sq = st.get("square_avg")
         if sq is None:
             sq = st["square_avg"] = xp.zeros_like(p)
@@ -401,6 +393,13 @@ class UfuncBackend(Backend):
 
     def dropout_apply(self, x: Any, mask: Any, inplace: bool = False) -> Any:
         return self.xp.multiply(x, mask, out=x if inplace else None)
+
+    def _decayed(self, p: Any, g: Any, weight_decay: float, tmp: Any) -> Any:
+        """``g + weight_decay * p`` (PyTorch's coupled L2 term), computed in ``tmp`` and
+        returned as a copy, since the update reuses ``tmp`` afterwards."""
+        self.xp.multiply(p, weight_decay, out=tmp)
+        tmp += g
+        return tmp.copy()
 
     def _scratch(self, st: dict[str, Any], p: Any) -> Any:
         """A temporary of ``p``'s shape kept with the optimizer state (not saved with it)."""

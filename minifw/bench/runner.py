@@ -93,9 +93,9 @@ def bench_inference(
             # the median over rounds; steadier than a ratio of medians when the machine's
             # speed drifts during the run
             row["paired_ratios_minifw_over_peer"] = {
-                e.name: paired_ratio(times[ref_name], times[e.name])
-                for e in engines
-                if e.name != ref_name
+                label: paired_ratio(times[ref_name], times[label])
+                for label in (e.name for e in engines)
+                if label != ref_name
             }
             # minifw on torch / jax against that engine's own fastest form of the network
             row["paired_ratios_own_speed"] = {
