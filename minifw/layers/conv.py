@@ -183,7 +183,8 @@ class Conv2D(Module):
         kw = self._train_scratch(x) if train else self._scratch(x)
         if train:
             self._x = x
-            self._tcols_ok = "cols" in kw
+            tc = self.__dict__.get("_tcols")
+            self._tcols_ok = tc is not None and kw.get("cols") is tc
         y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding, **kw)
         if one:
             y = self.xp.reshape(y, tuple(y.shape[1:]))
