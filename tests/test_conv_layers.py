@@ -107,6 +107,30 @@ def test_conv2d_without_bias_and_one_sample() -> None:
     assert dx.shape == (2, 4, 5)
 
 
+def test_conv2d_backward_reuses_the_training_forwards_im2col_matrix() -> None:
+    """A training forward keeps its im2col matrix for the backward (NumPy): inference
+    calls in between (which use the thread's scratch) and a copy of the layer (which drops
+    the kept matrix) still give the gradients of the recomputed one."""
+    import copy
+
+    rng = np.random.default_rng(3)
+    layer = mf.Conv2D(3, 4, 3, padding=1)
+    x = rng.standard_normal((5, 3, 6, 7)).astype(np.float32)
+    g = rng.standard_normal((5, 4, 6, 7)).astype(np.float32)
+    b = mf.backend.get("numpy")
+    ref_dx, ref_dw, ref_db = b.conv2d_backward(g, x, layer.weight, 1, 1)
+    layer.train()
+    layer.forward(x)
+    # an eval-mode forward (as a predict would run it) uses the thread's scratch
+    layer._forward(rng.standard_normal((2, 3, 6, 7)).astype(np.float32), False, False)
+    twin = copy.deepcopy(layer)  # _tcols is transient: the twin gathers the matrix again
+    for m in (layer, twin):
+        dx = m.backward(g)
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(m.grads["weight"], ref_dw, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(m.grads["bias"], ref_db, rtol=1e-5, atol=1e-5)
+
+
 POOL_CASES = [
     (2, None, 0, (2, 2, 6, 6)),
     (3, 2, 1, (1, 2, 7, 5)),  # overlapping windows, padding, odd sizes

@@ -71,6 +71,25 @@ def _scratch(cols: np.ndarray | None, size: int, dtype: np.dtype[Any]) -> np.nda
     return cols.reshape(-1)[:size]
 
 
+def _maxpool_2x2(
+    xp_: np.ndarray, sh: int, sw: int, oh: int, ow: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 2x2 max-pool with its argmax (the first maximum in row-major order) in pairs:
+    each row's pair gives its maximum and column (``b > a``: ties keep the first), the
+    second row wins only when its maximum is strictly larger. Five passes over strided
+    views, all in one int8/bool/float32 temporary each, instead of three compare, select
+    and maximum passes per window element (about 2x faster at (100, 16, 28, 28))."""
+    a, b = _win(xp_, 0, 0, sh, sw, oh, ow), _win(xp_, 0, 1, sh, sw, oh, ow)
+    c, d = _win(xp_, 1, 0, sh, sw, oh, ow), _win(xp_, 1, 1, sh, sw, oh, ow)
+    m0 = np.maximum(a, b)
+    m1 = np.maximum(c, d)
+    i0 = np.greater(b, a).view(np.int8)  # 0 or 1: the column of row 0's maximum
+    i1 = np.greater(d, c).view(np.int8)
+    i1 += 2  # window index i*2 + j of row 1's maximum
+    am = np.where(np.greater(m1, m0), i1, i0).astype(np.int32)
+    return np.maximum(m0, m1, out=m0), am
+
+
 class NumpyConvOps(ConvOps):
     """:class:`ConvOps` with NumPy fast paths (``self.xp`` must be ``numpy``)."""
 
@@ -160,29 +179,36 @@ class NumpyConvOps(ConvOps):
         need_input_grad: bool = True,
         *,
         cols: np.ndarray | None = None,
+        cols_filled: bool = False,
     ) -> tuple[Any | None, Any, Any]:
         """As :meth:`ConvOps.conv2d_backward`; ``cols`` is a scratch buffer as in
         :meth:`conv2d` (:func:`cols_size` elements suffice) (overwritten: ``x``'s
         im2col matrix is re-gathered for ``dw``; then, at stride 1 when ``F*H*W <= C*OH*OW``,
         ``dx`` is computed as the convolution of the padded ``grad`` with the flipped,
         transposed kernel, whose im2col matrix (no larger) reuses the buffer; otherwise ``dcols = w^T @ grad`` fills it
-        and col2im adds its ``kh*kw`` strided slices)."""
+        and col2im adds its ``kh*kw`` strided slices). ``cols_filled=True``: ``cols``
+        already holds ``x``'s im2col matrix, as :meth:`conv2d` left it for this ``x``,
+        ``w`` shape, stride and padding (a training layer's forward), so it is not gathered
+        again."""
         kh, kw, sh, sw, ph, pw, oh, ow = check_conv(x.shape, w.shape, None, stride, padding)
         n, c, h, wd = x.shape
         f = w.shape[0]
         k, l_ = c * kh * kw, oh * ow
         check_grad(tuple(grad.shape), (n, f, oh, ow), "conv2d_backward")
         dt = np.result_type(x.dtype, w.dtype, grad.dtype)
-        db = grad.sum(axis=(0, 2, 3))
         # at stride 1, dx as a convolution of grad when grad's im2col matrix is no larger
         stride1 = sh == 1 and sw == 1 and f * h * wd <= c * l_
         # one buffer for both im2col matrices (x's for dw, then grad's for dx at stride 1)
         buf = _scratch(cols, k * n * l_, dt)
-        cm = self._fill_cols(x, buf, kh, kw, sh, sw, ph, pw, oh, ow)
+        if cols_filled:
+            cm = buf.reshape(k, n * l_)
+        else:
+            cm = self._fill_cols(x, buf, kh, kw, sh, sw, ph, pw, oh, ow)
         # grad as (F, N*L): one copy of the (small) output gradient
         gt = np.empty((f, n, l_), dtype=dt)
         np.copyto(gt, grad.reshape(n, f, l_).transpose(1, 0, 2))
         gt2 = gt.reshape(f, n * l_)
+        db = gt2.sum(axis=1).astype(grad.dtype, copy=False)  # along contiguous rows
         dw = np.dot(gt2, cm.T).reshape(w.shape)
         if not need_input_grad:
             return None, dw, db
@@ -218,6 +244,8 @@ class NumpyConvOps(ConvOps):
         """As :meth:`ConvOps.maxpool2d` (argmax: int32 window index ``i*kw + j``, first max)."""
         kh, kw, sh, sw, ph, pw, oh, ow = geometry(x.shape, kernel, stride, padding, "maxpool2d")
         xp_ = _padded(x, ph, pw, float("-inf"))
+        if kh == 2 and kw == 2:
+            return _maxpool_2x2(xp_, sh, sw, oh, ow)
         y = np.array(_win(xp_, 0, 0, sh, sw, oh, ow), dtype=x.dtype)
         am = np.zeros(y.shape, dtype=np.int32)
         mask = np.empty(y.shape, dtype=bool)

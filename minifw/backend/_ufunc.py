@@ -18,6 +18,14 @@ from ._ops import SCRATCH
 SMALL = 4096
 
 
+def _rows(a: Any) -> Any:
+    """A C-contiguous ``(N, C, ...)`` array (3 or more axes) as ``(N*C, rest)`` rows (a
+    view), for per-channel sums along contiguous memory; else ``None``."""
+    if len(a.shape) < 3 or not a.flags.c_contiguous:
+        return None
+    return a.reshape(a.shape[0] * a.shape[1], -1)
+
+
 class UfuncBackend(Backend):
     """NumPy-like engines: ufuncs with ``out=``, views that write through, array methods."""
 
@@ -357,9 +365,17 @@ class UfuncBackend(Backend):
         xp = self.xp
         axes, shape = self._bn_axes(x)
         m = x.size // x.shape[1]
-        mean = x.mean(axis=axes, keepdims=True)
-        xhat = xp.subtract(x, mean)
-        var = xp.square(xhat).mean(axis=axes, keepdims=True)
+        rows = _rows(x)
+        if rows is not None:  # (N, C, ...) contiguous: per-row sums, no square temporary
+            n, c = x.shape[:2]
+            mean = (rows.sum(axis=1).reshape(n, c).sum(axis=0) / m).reshape(shape)
+            xhat = xp.subtract(x, mean)
+            xr = xhat.reshape(rows.shape)
+            var = (xp.einsum("ij,ij->i", xr, xr).reshape(n, c).sum(axis=0) / m).reshape(shape)
+        else:
+            mean = x.mean(axis=axes, keepdims=True)
+            xhat = xp.subtract(x, mean)
+            var = xp.square(xhat).mean(axis=axes, keepdims=True)
         inv_std = xp.sqrt(var + eps)
         xp.divide(1.0, inv_std, out=inv_std)
         xhat *= inv_std
@@ -376,17 +392,30 @@ class UfuncBackend(Backend):
     ) -> tuple[Any | None, Any, Any]:
         """As :meth:`Ops.batchnorm_backward`, with one temporary written in place:
         ``dx = (inv_std*gamma) * (g - xhat * mean(g*xhat) - mean(g))`` (4 passes over the
-        data after the reductions instead of 7, and one new array instead of 6)."""
+        data after the reductions instead of 7, and one new array instead of 6); on a
+        contiguous ``(N, C, ...)`` array the reductions run along contiguous rows and
+        ``sum(g*xhat)`` is one ``einsum`` (no product array)."""
         xp = self.xp
         axes, shape = self._bn_axes(g)
-        tmp = xp.multiply(g, xhat)
-        dgamma = tmp.sum(axis=axes)
-        dbeta = g.sum(axis=axes)
-        if not need_dx:
-            return None, dgamma, dbeta
-        m = g.size // g.shape[1]
-        xp.multiply(xhat, (dgamma / m).reshape(shape), out=tmp)
-        xp.subtract(g, tmp, out=tmp)
+        rows, xrows = _rows(g), _rows(xhat)
+        if rows is not None and xrows is not None:  # (N, C, ...) contiguous: no g*xhat temporary
+            n, c = g.shape[:2]
+            dgamma = xp.einsum("ij,ij->i", rows, xrows).reshape(n, c).sum(axis=0)
+            dbeta = rows.sum(axis=1).reshape(n, c).sum(axis=0)
+            if not need_dx:
+                return None, dgamma, dbeta
+            m = g.size // c
+            tmp = xp.multiply(xhat, (dgamma / -m).reshape(shape))
+            tmp += g
+        else:
+            tmp = xp.multiply(g, xhat)
+            dgamma = tmp.sum(axis=axes)
+            dbeta = g.sum(axis=axes)
+            if not need_dx:
+                return None, dgamma, dbeta
+            m = g.size // g.shape[1]
+            xp.multiply(xhat, (dgamma / m).reshape(shape), out=tmp)
+            xp.subtract(g, tmp, out=tmp)
         tmp -= (dbeta / m).reshape(shape)
         tmp *= inv_std * gamma.reshape(shape)
         return tmp, dgamma, dbeta

@@ -81,7 +81,7 @@ class Conv2D(Module):
     weight: Any
     bias: Any  # None when built with bias=False
     _rowwise = True  # eval mode: each sample's output depends on that sample only
-    _transient = ("_tls",)
+    _transient = ("_tls", "_tcols")
 
     def __init__(
         self,
@@ -115,6 +115,9 @@ class Conv2D(Module):
             self.__dict__["bias"] = None
         self._x: Any = None  # the last training-mode input (N, C, H, W)
         self._tls: Any = None
+        # training: the im2col scratch of the last forward, kept for the backward's dw
+        self._tcols: Any = None
+        self._tcols_ok = False  # _tcols holds the im2col matrix of _x
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "bias" and not self.__dict__.get("use_bias", True):
@@ -154,14 +157,35 @@ class Conv2D(Module):
             buf = tls.cols = np.empty(size, dt)
         return {"cols": buf}
 
+    def _train_scratch(self, x: Any) -> dict[str, Any]:
+        """``{"cols": buffer}`` for a training-mode forward: a buffer of this layer's (not
+        the thread's) kept until the backward, which then skips gathering ``x``'s im2col
+        matrix again; ``{}`` (the backward gathers it) where the engine takes no buffer
+        or it would exceed :data:`MAX_SCRATCH_ELEMS`."""
+        b = self._b
+        size = b.conv2d_scratch_size(
+            tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding
+        )
+        if size is None or size > MAX_SCRATCH_ELEMS:
+            self._tcols = None
+            return self._scratch(x)
+        dt = np.result_type(x.dtype, self.weight.dtype)
+        buf = self.__dict__.get("_tcols")
+        if buf is None or buf.size < size or buf.dtype != dt:
+            buf = self._tcols = np.empty(size, dt)
+        return {"cols": buf}
+
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
         one = len(x.shape) == 3
         if one:
             x = self.xp.reshape(x, (1, *tuple(x.shape)))
         self._check_input(tuple(x.shape))
+        kw = self._train_scratch(x) if train else self._scratch(x)
         if train:
             self._x = x
-        y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding, **self._scratch(x))
+            tc = self.__dict__.get("_tcols")
+            self._tcols_ok = tc is not None and kw.get("cols") is tc
+        y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding, **kw)
         if one:
             y = self.xp.reshape(y, tuple(y.shape[1:]))
         return y, True
@@ -174,8 +198,13 @@ class Conv2D(Module):
         if one:
             grad = self.xp.reshape(grad, (1, *tuple(grad.shape)))
         self._check_grad(grad, expect)  # type: ignore[arg-type]
+        if self._tcols_ok and self.__dict__.get("_tcols") is not None:  # still the forward's
+            kw: dict[str, Any] = {"cols": self._tcols, "cols_filled": True}
+        else:
+            kw = self._scratch(x)
+        self._tcols_ok = False  # the backward overwrites it
         dx, dw, db = self._b.conv2d_backward(
-            grad, x, self.weight, self.stride, self.padding, need_input_grad, **self._scratch(x)
+            grad, x, self.weight, self.stride, self.padding, need_input_grad, **kw
         )
         self.grads["weight"] = dw
         if self.use_bias:
@@ -186,6 +215,7 @@ class Conv2D(Module):
 
     def _clear_cache(self) -> None:
         self._x = None
+        self._tcols_ok = False
 
     # -- description -------------------------------------------------------------------
     def _describe(self) -> str:
