@@ -113,6 +113,10 @@ class ForkGate:
             with self._cond:
                 self._cond.notify_all()
 
+    def concurrent(self) -> bool:
+        """Whether another thread holds the gate too (a concurrent inference call)."""
+        return len(self._depth) > 1
+
     def before_fork(self) -> None:
         ident = threading.get_ident()
         with self._cond:

@@ -160,6 +160,21 @@ def test_concurrent_chunked_predicts_equal_serial_ones_bit_for_bit(chunked: None
             assert np.array_equal(a, b)
 
 
+def test_concurrent_small_predicts_equal_serial_ones_bit_for_bit(chunked: None) -> None:
+    """Small batches called from several threads at once run BLAS on one thread each (so
+    concurrent clients share the cores): their results equal the serial ones bit for bit,
+    also when some of them overlap a large chunked predict."""
+    m = _wide()
+    rng = np.random.default_rng(4)
+    xs = [rng.random((n, 784), dtype="f4") for n in (1, 1, 3, 16, 16, 1, 2, 9)]
+    xs.append(rng.random((3000, 784), dtype="f4"))
+    serial = [m.predict(x) for x in xs]
+    for _ in range(3):
+        got = _in_threads([lambda x=x: [m(x) for _ in range(20)][-1] for x in xs])
+        for a, b in zip(serial, got, strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_predict_from_a_worker_thread_equals_the_main_threads(chunked: None) -> None:
     """The BLAS limit holds whichever thread sets it (threadpoolctl's obeyed only the first
     thread that used it: chunks from other threads ran multi-threaded, with other bits)."""
