@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="minifw: a small, fast, autograd-free MLP framework.",
+        description="minifw: a small, fast, autograd-free neural-network framework.",
         parents=[debug],
     )
     parser.add_argument("--version", action="version", version=f"minifw {__version__}")
