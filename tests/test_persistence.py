@@ -228,8 +228,14 @@ def _expect_format_error(path: Path, match: str) -> None:
 
 def test_random_bytes_and_empty(tmp_path: Path) -> None:
     p = tmp_path / "junk.npz"
-    p.write_bytes(os.urandom(300).replace(b"PK", b"pk"))
+    junk = bytearray(os.urandom(300).replace(b"PK", b"pk"))
+    if junk[8:9] == b"{":  # would look like a safetensors header (1 in 256 draws)
+        junk[8] = 0
+    p.write_bytes(bytes(junk))
     _expect_format_error(p, "not a minifw model")
+    junk[8] = ord("{")  # a safetensors-looking header of random bytes: still a FormatError
+    p.write_bytes(bytes(junk))
+    _expect_format_error(p, "safetensors")
     p.write_bytes(b"")
     _expect_format_error(p, "empty")
     p.write_bytes(b"PK\x03\x04garbage")
