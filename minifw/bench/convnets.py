@@ -30,7 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from minifw._util import cores
 
 from .nets import MINIFW_REF
-from .timing import Engine
+from .timing import Engine, peer_engines
 
 #: the CNN cases: name -> convs (in, out, kernel, padding, pool after), dense widths
 CONV_NETWORKS: dict[str, dict[str, Any]] = {
@@ -301,18 +301,7 @@ def build_conv_engines(net: ConvNet, x: np.ndarray, notes: dict[str, str]) -> li
         "CNN cases (C1, C2)",
         "minifw on NumPy only (its other backends run the generic convolution, not measured)",
     )
-    for label, factory in CONV_PEERS.items():
-        try:
-            run_peer, ver = factory(net, x)
-        except ImportError as e:
-            notes[label] = f'skipped: not installed ({e}); pip install "minifw[bench]"'
-            continue
-        except Exception as e:  # installed but broken: record it, measure the rest
-            notes[label] = f"skipped: failed to start: {type(e).__name__}: {e}"
-            continue
-        notes.setdefault(label, ver)
-        engines.append(Engine(label, run_peer, kind="peer", traced=False))
-    return engines
+    return engines + peer_engines(CONV_PEERS, net, x, notes)
 
 
 # -- training ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .peers import (
     torch_eager,
     torch_sequential,
 )
-from .timing import Engine
+from .timing import Engine, peer_engines
 
 TORCH_EAGER = "torch eager"
 JAX_JIT = "jax.jit"
@@ -80,17 +80,7 @@ def build_engines(
             engines.append(_native_model_engine(m, x))
     hand = hand_written(net)
     engines.append(Engine("numpy hand-written (book)", lambda: hand(x), kind="peer"))
-    for label, factory in PEERS.items():
-        try:
-            run_peer, ver = factory(net, x)
-        except ImportError as e:
-            notes[label] = f'skipped: not installed ({e}); pip install "minifw[bench]"'
-            continue
-        except Exception as e:  # installed but broken: record it, measure the rest
-            notes[label] = f"skipped: failed to start: {type(e).__name__}: {e}"
-            continue
-        notes.setdefault(label, ver)
-        engines.append(Engine(label, run_peer, kind="peer", traced=False))
+    engines += peer_engines(PEERS, net, x, notes)
     engines.append(Engine("GEMM floor (3 matmuls, numpy)", gemm_floor(net, x), kind="floor"))
     return engines
 

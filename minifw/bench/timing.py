@@ -208,3 +208,27 @@ def max_abs_diff(a: Any, ref: np.ndarray) -> float | None:
         return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - ref)))
     except Exception:
         return None
+
+
+def peer_engines(
+    peers: dict[str, Callable[[Any, np.ndarray], tuple[Callable[[], Any], str]]],
+    net: Any,
+    x: np.ndarray,
+    notes: dict[str, str],
+) -> list[Engine]:
+    """An :class:`Engine` for each peer whose factory starts (``factory(net, x)`` gives the
+    call and a version line, recorded in ``notes``); one that is not installed or fails to
+    start gets a note instead, and the others are measured."""
+    engines = []
+    for label, factory in peers.items():
+        try:
+            run_peer, ver = factory(net, x)
+        except ImportError as e:
+            notes[label] = f'skipped: not installed ({e}); pip install "minifw[bench]"'
+            continue
+        except Exception as e:  # installed but broken: record it, measure the rest
+            notes[label] = f"skipped: failed to start: {type(e).__name__}: {e}"
+            continue
+        notes.setdefault(label, ver)
+        engines.append(Engine(label, run_peer, kind="peer", traced=False))
+    return engines
