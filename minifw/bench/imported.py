@@ -19,7 +19,6 @@ import importlib.metadata as md
 import io
 import os
 import re
-import statistics
 import sys
 import tempfile
 import warnings
@@ -30,7 +29,7 @@ import numpy as np
 
 from minifw._util import cores
 
-from .timing import Engine, Timer, max_abs_diff, paired_ratio
+from .timing import Engine, Timer, max_abs_diff, paired_ratio, time_summary
 
 BATCHES = (1, 64, 10000)
 SMOKE_BATCHES = (1, 64)
@@ -247,16 +246,8 @@ def _case(
         times = timer.measure(engines)
         row: dict[str, Any] = {"batch": batch, "engines": {}}
         for e in engines:
-            t = times[e.name]
-            med = statistics.median(t)
-            row["engines"][e.name] = {
-                "kind": e.kind,
-                "median_s": med,
-                "min_s": min(t),
-                "max_s": max(t),
-                "samples_per_s": batch / med,
-                "max_abs_diff_vs_torch": diffs[e.name],
-            }
+            row["engines"][e.name] = time_summary(e.kind, times[e.name], batch)
+            row["engines"][e.name]["max_abs_diff_vs_torch"] = diffs[e.name]
         row["paired_ratios_minifw_over_peer"] = {
             e.name: paired_ratio(times[MINIFW], times[e.name]) for e in engines[1:]
         }

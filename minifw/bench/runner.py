@@ -8,7 +8,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ from .convnets import CONV_NETWORKS, ConvNet, build_conv_engines
 from .engines import OWN_SPEED, build_engines, build_gpu_engines
 from .nets import GPU_BATCHES, MINIFW_REF, MINIFW_REF_GPU, NETWORKS, Net
 from .peers import hand_written
-from .timing import Timer, max_abs_diff, memory_per_call, minifw_cold_memory, paired_ratio
+from .timing import (
+    Timer,
+    max_abs_diff,
+    memory_per_call,
+    minifw_cold_memory,
+    paired_ratio,
+    time_summary,
+)
 
 
 def log(args: argparse.Namespace, msg: str) -> None:
@@ -71,15 +77,10 @@ def bench_inference(
                 "engines": {},
             }
             for e in engines:
-                t = times[e.name]
-                med = statistics.median(t)
+                summary = time_summary(e.kind, times[e.name], batch)
                 row["engines"][e.name] = {
-                    "kind": e.kind,
-                    "median_s": med,
-                    "min_s": min(t),
-                    "max_s": max(t),
-                    "samples_per_s": batch / med,
-                    "gflops": net.flops(batch) / med / 1e9,
+                    **summary,
+                    "gflops": net.flops(batch) / summary["median_s"] / 1e9,
                     "max_abs_diff_vs_float64": checks.get(e.name),
                     "memory": mem.get(e.name, {}),
                 }

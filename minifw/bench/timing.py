@@ -232,3 +232,15 @@ def peer_engines(
         notes.setdefault(label, ver)
         engines.append(Engine(label, run_peer, kind="peer", traced=False))
     return engines
+
+
+def time_summary(kind: str, times: list[float], batch: int) -> dict[str, Any]:
+    """What each case's JSON says of one engine's timed loops."""
+    med = statistics.median(times)
+    return {
+        "kind": kind,
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "samples_per_s": batch / med,
+    }
