@@ -67,9 +67,10 @@ SMALL_ROWS = 16
 #: A group of batch-independent layers (see :class:`_Group`) runs a batch in chunks of
 #: about this many elements of its widest per-sample activation, between GROUP_MIN_ROWS
 #: and GROUP_MAX_ROWS samples (GROUP_MAX_ROWS <= MIN_CHUNK_ROWS: a fused Dense run inside
-#: a chunk is one block, never split again)
-GROUP_CHUNK_ELEMS = 1 << 21
-GROUP_MIN_ROWS = 32
+#: a chunk is one block, never split again). Measured on DeepConvNet at batch 2,000 (2
+#: cores): 2 MB of activation per chunk 176 ms, 1 MB 180 ms, 8 MB 210 ms, 512 KB 206 ms.
+GROUP_CHUNK_ELEMS = 1 << 19
+GROUP_MIN_ROWS = 8
 GROUP_MAX_ROWS = 256
 
 

@@ -107,10 +107,10 @@ def test_conv2d_without_bias_and_one_sample() -> None:
     assert dx.shape == (2, 4, 5)
 
 
-def test_conv2d_backward_reuses_the_training_forwards_im2col_matrix() -> None:
-    """A training forward keeps its im2col matrix for the backward (NumPy): inference
-    calls in between (which use the thread's scratch) and a copy of the layer (which drops
-    the kept matrix) still give the gradients of the recomputed one."""
+def test_conv2d_backward_after_other_calls_on_the_thread() -> None:
+    """Inference calls between a training forward and its backward (they use the same
+    per-thread scratch buffers on NumPy), and a copy of the layer, still give the
+    gradients of the forward's input."""
     import copy
 
     rng = np.random.default_rng(3)
@@ -123,7 +123,7 @@ def test_conv2d_backward_reuses_the_training_forwards_im2col_matrix() -> None:
     layer.forward(x)
     # an eval-mode forward (as a predict would run it) uses the thread's scratch
     layer._forward(rng.standard_normal((2, 3, 6, 7)).astype(np.float32), False, False)
-    twin = copy.deepcopy(layer)  # _tcols is transient: the twin gathers the matrix again
+    twin = copy.deepcopy(layer)
     for m in (layer, twin):
         dx = m.backward(g)
         np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minifw.backend._conv import ConvOps
-from minifw.backend._conv_numpy import NumpyConvOps, cols_size
+from minifw.backend import _conv_numpy
+from minifw.backend._conv_numpy import NumpyConvOps
 from minifw.errors import ShapeError
 
 torch = pytest.importorskip("torch", reason="torch is the reference for the conv/pool checks")
@@ -304,64 +305,88 @@ def test_generic_runs_on_jax() -> None:
         np.testing.assert_allclose(np.asarray(arr), ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-# -- NumPy buffers and memory ---------------------------------------------------------------
-def test_numpy_out_and_cols_buffers() -> None:
+# -- NumPy chunks, buffers and memory ----------------------------------------------------
+@pytest.mark.parametrize(
+    "x_shape,w_shape,stride,pad",
+    [
+        ((5, 8, 9, 7), (6, 8, 3, 3), 1, 1),  # channels-last gather (C*kw >= 8)
+        ((5, 2, 9, 7), (4, 2, 3, 3), 1, 1),  # channels-first gather (C*kw < 8)
+        ((4, 6, 11, 10), (5, 6, 3, 2), (2, 3), (1, 0)),  # strided: dx by col2im
+        ((3, 9, 6, 6), (7, 9, 5, 5), 1, 3),  # padding > kernel - 1: dx crops grad
+    ],
+)
+@pytest.mark.parametrize("chunk", [1, 2, 1 << 30])  # one image per chunk, ..., one chunk
+def test_numpy_chunks_agree_with_torch(
+    monkeypatch: pytest.MonkeyPatch, x_shape: Any, w_shape: Any, stride: Any, pad: Any, chunk: int
+) -> None:
+    """However the batch is cut into chunks (CHUNK_ELEMS: 1 -> one image per chunk, the
+    odd batch leaving a short last chunk), forward and all three gradients equal torch's."""
+    monkeypatch.setattr(_conv_numpy, "CHUNK_ELEMS", chunk * int(np.prod(w_shape[1:])) * 99)
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    xt, wt, bt = _t(x, True), _t(w, True), _t(b, True)
+    yt = F.conv2d(xt, wt, bt, stride=stride, padding=pad)
+    g = rng.standard_normal(tuple(yt.shape))
+    yt.backward(_t(g))
+    ops = _NB()
+    np.testing.assert_allclose(ops.conv2d(x, w, b, stride, pad), yt.detach().numpy(), atol=1e-12)
+    dx, dw, db = ops.conv2d_backward(g, x, w, stride, pad)
+    for got, ref in ((dx, xt), (dw, wt), (db, bt)):
+        np.testing.assert_allclose(got, ref.grad.numpy(), atol=1e-11)
+    # float32 stays float32, bits equal to a one-image-at-a-time run
+    x32, w32, b32 = x.astype(np.float32), w.astype(np.float32), b.astype(np.float32)
+    y32 = ops.conv2d(x32, w32, b32, stride, pad)
+    assert y32.dtype == np.float32
+    for i in range(x.shape[0]):
+        np.testing.assert_allclose(
+            y32[i : i + 1], ops.conv2d(x32[i : i + 1], w32, b32, stride, pad), rtol=1e-6, atol=1e-6
+        )
+    dx32, dw32, db32 = ops.conv2d_backward(g.astype(np.float32), x32, w32, stride, pad)
+    assert (dx32.dtype, dw32.dtype, db32.dtype) == (np.float32,) * 3
+
+
+def test_numpy_out_buffer() -> None:
     ops = _NB()
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
     w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
     ref = ops.conv2d(x, w, b, 1, 1)
-    cols = np.full(cols_size(x.shape, w.shape, 1, 1) + 17, np.nan, dtype=np.float32)
-    out = np.empty_like(ref)
-    y = ops.conv2d(x, w, b, 1, 1, out=out, cols=cols)
+    out = np.full_like(ref, np.nan)
+    y = ops.conv2d(x, w, b, 1, 1, out=out)
     assert y is out
     np.testing.assert_array_equal(y, ref)
-    g = rng.standard_normal(ref.shape).astype(np.float32)
-    r = ops.conv2d_backward(g, x, w, 1, 1)
-    for a, e in zip(ops.conv2d_backward(g, x, w, 1, 1, cols=cols), r, strict=True):
-        np.testing.assert_array_equal(a, e)
-    # a smaller batch can use the same (larger) buffer
-    y2 = ops.conv2d(x[:1], w, b, 1, 1, cols=cols)
-    np.testing.assert_array_equal(y2, ref[:1])
-    with pytest.raises(TypeError, match="dtype"):
-        ops.conv2d(x, w, b, 1, 1, cols=cols.astype(np.float64))
-    with pytest.raises(ShapeError, match="needs at least"):
-        ops.conv2d(x, w, b, 1, 1, cols=cols[:10])
     with pytest.raises(ShapeError, match="out must be"):
         ops.conv2d(x, w, b, 1, 1, out=np.empty((3, 5, 9, 9), np.float32))
+    with pytest.raises(ShapeError, match="out must be"):
+        ops.conv2d(x, w, b, 1, 1, out=np.empty(ref.shape, np.float64))
 
 
 @pytest.mark.parametrize(
-    "stride,w_shape", [(1, (6, 6, 5, 5)), (2, (6, 6, 7, 7)), (1, (8, 3, 5, 5)), (1, (2, 6, 5, 5))]
+    "stride,w_shape", [(1, (6, 6, 5, 5)), (2, (6, 6, 7, 7)), (1, (8, 3, 5, 5)), (1, (2, 1, 7, 7))]
 )
-def test_numpy_backward_holds_one_im2col_matrix(stride: int, w_shape: tuple[int, ...]) -> None:
-    """conv2d + conv2d_backward never hold more than one im2col matrix.
-
-    Peak traced memory: the buffer given, a few input-sized arrays; without, one im2col
-    matrix more.
-    """
+def test_numpy_never_holds_a_batchs_im2col_matrix(stride: int, w_shape: tuple[int, ...]) -> None:
+    """conv2d + conv2d_backward hold one chunk's im2col matrix at a time, never the whole
+    batch's: peak traced memory is a few input-sized arrays plus three chunk buffers."""
     ops = _NB()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, w_shape[1], 20, 20))
+    x = rng.standard_normal((64, w_shape[1], 32, 32))
     pad = w_shape[2] // 2
     w = rng.standard_normal(w_shape)
     y = ops.conv2d(x, w, None, stride, pad)
     g = rng.standard_normal(y.shape)
-    n_cols = cols_size(x.shape, w.shape, stride, pad)
-    im2col_bytes = n_cols * 8
-    small = x.nbytes + g.nbytes  # inputs, padded copies, gradients: a few of these
-    cols = np.empty(n_cols)
-    for buf, limit in ((cols, 3 * small), (None, im2col_bytes + 3 * small)):
-        tracemalloc.start()
-        try:
-            ops.conv2d(x, w, None, stride, pad, cols=buf)
-            ops.conv2d_backward(g, x, w, stride, pad, cols=buf)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert small * 6 < im2col_bytes  # the check means something
-        assert peak < limit, (peak, im2col_bytes, small)
+    im2col_bytes = x.shape[0] * int(np.prod(w_shape[1:])) * y.shape[2] * y.shape[3] * 8
+    limit = 4 * (x.nbytes + g.nbytes) + 3 * _conv_numpy.CHUNK_ELEMS * 8
+    assert limit < im2col_bytes  # the check means something
+    tracemalloc.start()
+    try:
+        ops.conv2d(x, w, None, stride, pad)
+        ops.conv2d_backward(g, x, w, stride, pad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, (peak, limit, im2col_bytes)
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -221,13 +221,6 @@ class ConvOps:
         return xp.reshape(xp.stack(wins, axis=2), (n, c * kh * kw, oh * ow))
 
     # -- convolution --------------------------------------------------------------
-    def conv2d_scratch_size(
-        self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Size2, padding: Size2
-    ) -> int | None:
-        """Elements of the ``cols=`` scratch buffer that this engine's :meth:`conv2d` and
-        :meth:`conv2d_backward` accept, or ``None`` where they take no such buffer (here)."""
-        return None
-
     def conv2d(self, x: Any, w: Any, b: Any | None, stride: Size2, padding: Size2) -> Any:
         """2-D cross-correlation (what deep-learning frameworks call convolution).
 

@@ -1,25 +1,34 @@
 """Convolution and pooling on NumPy: fast overrides of :class:`~minifw.backend._conv.ConvOps`.
 
-* ``conv2d``: the padded input is copied once, its im2col matrix is gathered from a strided
-  view (``as_strided``) into one ``(C*kh*kw, N*OH*OW)`` buffer, and a single GEMM per image
-  (``np.matmul`` on the buffer's per-image blocks) writes straight into the output: no
-  float64 detour (the input's dtype throughout), no transposed copy of the output.
-* ``conv2d_backward``: the same buffer serves both gradients: ``dw`` is one GEMM against the
-  re-gathered im2col matrix; then, at stride 1 where ``grad``'s im2col matrix is no larger
-  (``F*H*W <= C*OH*OW``, e.g. "same" convolutions), ``dx`` is the convolution of the
-  padded ``grad`` with the flipped, transposed kernel (a GEMM with inner size ``F*kh*kw``);
-  otherwise ``dcols = w^T @ grad`` overwrites the buffer and col2im adds its ``kh*kw``
-  strided slices into the padded ``dx`` (no ``np.add.at``, no loop over images). At most
-  one batch's im2col matrix exists at a time.
+* ``conv2d`` runs chunk by chunk: a chunk of images whose im2col matrix has about
+  :data:`CHUNK_ELEMS` elements (about 512 KiB in float32, so it stays in a core's L2 cache
+  from its gather to its GEMM) is gathered into a per-thread scratch buffer, multiplied by
+  the weights in one GEMM, and its result written into the output with the bias. Nothing
+  of the size of a whole batch's im2col matrix is ever allocated.
+
+  - When a window row holds at least :data:`NHWC_MIN_RUN` elements (``C*kw``: every layer
+    but an image's first), the padded input is first copied channels-last (NHWC); a chunk's
+    im2col matrix is then ``(pixels, kh*kw*C)``, gathered in runs of ``kw*C`` contiguous
+    elements, and its GEMM ``(pixels, K) @ (K, F)`` is the shape BLAS runs fastest (about
+    1.4x the ``(F, K) @ (K, pixels)`` form at 16-64 filters); the ``(pixels, F)`` result
+    is transposed into the NCHW output while still in cache.
+  - Otherwise (one or two input channels) the matrix is ``(C*kh*kw, pixels)``, gathered in
+    runs of ``OW``, with one GEMM ``(F, K) @ (K, OH*OW)`` per image.
+
+  Float32 stays float32 throughout (no float64 detour).
+* ``conv2d_backward``: ``dw`` and ``db`` accumulate over the same chunks (one GEMM each);
+  at stride 1, ``dx`` is the convolution of ``grad`` with the flipped, transposed kernel
+  (``conv2d`` again, padded by ``kh-1-ph``); at other strides each chunk's
+  ``dcols = w^T @ grad`` is added back onto the padded input grid (col2im: ``kh*kw``
+  strided additions per chunk, no ``np.add.at``, no loop over images).
 * pooling: ``kh*kw`` strided slices of the padded input (running max / running sum); the
   max-pool's argmax is kept as the window index of each output.
-
-A caller (a layer) may keep a per-thread scratch buffer and pass it as ``cols=``; see
-:meth:`NumpyConvOps.conv2d`.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,14 +37,12 @@ from numpy.lib.stride_tricks import as_strided
 from ..errors import ShapeError
 from ._conv import ConvOps, Size2, check_conv, check_grad, geometry
 
-
-def cols_size(
-    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Size2, padding: Size2
-) -> int:
-    """Elements of the scratch buffer ``conv2d`` and ``conv2d_backward`` need for ``x``
-    and ``w`` of these shapes: ``C*kh*kw * N*OH*OW`` (the size of ``x``'s im2col matrix)."""
-    kh, kw, _, _, _, _, oh, ow = check_conv(tuple(x_shape), tuple(w_shape), None, stride, padding)
-    return x_shape[0] * x_shape[1] * kh * kw * oh * ow
+#: elements of one chunk's im2col matrix (at least one image per chunk)
+CHUNK_ELEMS = 1 << 19
+#: window rows of at least this many elements (``C*kw``) are gathered channels-last
+NHWC_MIN_RUN = 8
+#: per-thread scratch buffers up to this many elements are kept between calls
+KEEP_ELEMS = 1 << 22
 
 
 def _padded(x: np.ndarray, ph: int, pw: int, value: float) -> np.ndarray:
@@ -58,19 +65,6 @@ def _win(a: np.ndarray, i: int, j: int, sh: int, sw: int, oh: int, ow: int) -> n
     return a[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
 
 
-def _scratch(cols: np.ndarray | None, size: int, dtype: np.dtype[Any]) -> np.ndarray:
-    """A flat, C-contiguous buffer of ``size`` elements: the front of ``cols`` or a new one."""
-    if cols is None:
-        return np.empty(size, dtype=dtype)
-    if not isinstance(cols, np.ndarray) or not cols.flags.c_contiguous:
-        raise TypeError("cols must be a C-contiguous NumPy array")
-    if cols.dtype != dtype:
-        raise TypeError(f"cols has dtype {cols.dtype}, expected {dtype}")
-    if cols.size < size:
-        raise ShapeError(f"cols has {cols.size} elements ({cols.shape}), needs at least {size}")
-    return cols.reshape(-1)[:size]
-
-
 def _maxpool_2x2(
     xp_: np.ndarray, sh: int, sw: int, oh: int, ow: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -90,43 +84,97 @@ def _maxpool_2x2(
     return np.maximum(m0, m1, out=m0), am
 
 
+class _Scratch(threading.local):
+    """This thread's scratch buffers, by purpose."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[str, np.ndarray] = {}
+
+
+class _Geo:
+    """One convolution's sizes and its chunking (images per chunk)."""
+
+    __slots__ = ("n", "c", "h", "w", "f", "kh", "kw", "sh", "sw", "ph", "pw", "oh", "ow")
+    __slots__ += ("k", "l", "per", "nhwc")
+
+    def __init__(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dims: tuple[int, ...]):
+        self.n, self.c, self.h, self.w = (int(s) for s in x_shape)
+        self.f = int(w_shape[0])
+        self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.oh, self.ow = dims
+        self.k = self.c * self.kh * self.kw
+        self.l = self.oh * self.ow
+        self.per = max(1, CHUNK_ELEMS // max(1, self.k * self.l))
+        self.nhwc = self.c * self.kw >= NHWC_MIN_RUN
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """``(first image, images)`` of each chunk."""
+        for n0 in range(0, self.n, self.per):
+            yield n0, min(self.per, self.n - n0)
+
+
 class NumpyConvOps(ConvOps):
     """:class:`ConvOps` with NumPy fast paths (``self.xp`` must be ``numpy``)."""
 
-    def _fill_cols(
-        self,
-        x: np.ndarray,
-        buf: np.ndarray,
-        kh: int,
-        kw: int,
-        sh: int,
-        sw: int,
-        ph: int,
-        pw: int,
-        oh: int,
-        ow: int,
-    ) -> np.ndarray:
-        """Gather ``x``'s im2col matrix into ``buf``; return it as ``(C*kh*kw, N*OH*OW)``.
+    _conv_tls: _Scratch | None = None
 
-        Row ``(c, i, j)`` matches ``w.reshape(F, -1)``; column ``(n, oh, ow)``.
-        """
-        n, c = x.shape[:2]
-        xp_ = _padded(x, ph, pw, 0.0)
-        s_n, s_c, s_h, s_w = xp_.strides
-        view = as_strided(
-            xp_, (c, kh, kw, n, oh, ow), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw), writeable=False
-        )
-        cm = buf[: c * kh * kw * n * oh * ow]  # buf is flat and C-contiguous
-        np.copyto(cm.reshape(c, kh, kw, n, oh, ow), view, casting="same_kind")
-        return cm.reshape(c * kh * kw, n * oh * ow)
+    def _buf(self, key: str, size: int, dtype: np.dtype[Any]) -> np.ndarray:
+        """A flat scratch array of ``size`` elements: this thread's ``key`` buffer (grown
+        as needed and kept while at most :data:`KEEP_ELEMS`), else a new one."""
+        if size > KEEP_ELEMS:
+            return np.empty(size, dtype)
+        tls = self._conv_tls
+        if tls is None:
+            tls = self._conv_tls = _Scratch()  # a race makes two; either serves
+        buf = tls.bufs.get(key)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = tls.bufs[key] = np.empty(size, dtype)
+        return buf[:size]
+
+    def _channels_last(self, x: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
+        """``x`` (N, C, H, W) as a zero-padded channels-last (N, H+2ph, W+2pw, C) copy."""
+        n, c, h, w, ph, pw = g.n, g.c, g.h, g.w, g.ph, g.pw
+        hp, wp = h + 2 * ph, w + 2 * pw
+        xh = self._buf("in", n * hp * wp * c, dt).reshape(n, hp, wp, c)
+        if ph:
+            xh[:, :ph] = 0
+            xh[:, ph + h :] = 0
+        if pw:
+            xh[:, ph : ph + h, :pw] = 0
+            xh[:, ph : ph + h, pw + w :] = 0
+        np.copyto(xh[:, ph : ph + h, pw : pw + w], x.transpose(0, 2, 3, 1), casting="same_kind")
+        return xh
+
+    def _source(self, x: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
+        """What the chunks gather from: the channels-last copy or the padded input."""
+        return self._channels_last(x, g, dt) if g.nhwc else _padded(x, g.ph, g.pw, 0.0)
+
+    def _gather(self, src: np.ndarray, g: _Geo, n0: int, m: int, dt: np.dtype[Any]) -> np.ndarray:
+        """Images ``n0 .. n0+m``'s im2col matrix in this thread's scratch: ``(m*OH*OW, K)``
+        with columns ``(i, j, c)`` (channels-last), else ``(K, m*OH*OW)`` with rows
+        ``(c, i, j)`` (``w.reshape(F, -1)``'s order)."""
+        part = src[n0 : n0 + m]
+        cols = self._buf("cols", m * g.k * g.l, dt)
+        if g.nhwc:
+            s0, s1, s2, s3 = part.strides
+            shape = (m, g.oh, g.ow, g.kh, g.kw, g.c)
+            view = as_strided(part, shape, (s0, s1 * g.sh, s2 * g.sw, s1, s2, s3), writeable=False)
+            np.copyto(cols.reshape(shape), view, casting="same_kind")
+            return cols.reshape(m * g.l, g.k)
+        s0, s1, s2, s3 = part.strides
+        shape = (g.c, g.kh, g.kw, m, g.oh, g.ow)
+        view = as_strided(part, shape, (s1, s2, s3, s0, s2 * g.sh, s3 * g.sw), writeable=False)
+        np.copyto(cols.reshape(shape), view, casting="same_kind")
+        return cols.reshape(g.k, m * g.l)
+
+    @staticmethod
+    def _weights(w: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
+        """``w`` as the GEMM operand: ``(K, F)`` with rows ``(i, j, c)`` (channels-last),
+        else ``(F, K)``."""
+        if g.nhwc:
+            return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(g.k, g.f), dtype=dt)
+        return np.ascontiguousarray(w.reshape(g.f, g.k), dtype=dt)
 
     # -- convolution --------------------------------------------------------------
-    def conv2d_scratch_size(
-        self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Size2, padding: Size2
-    ) -> int | None:
-        """:func:`cols_size`: this engine's ``conv2d`` takes a ``cols=`` scratch buffer."""
-        return cols_size(x_shape, w_shape, stride, padding)
-
     def conv2d(
         self,
         x: Any,
@@ -136,37 +184,40 @@ class NumpyConvOps(ConvOps):
         padding: Size2,
         *,
         out: np.ndarray | None = None,
-        cols: np.ndarray | None = None,
     ) -> Any:
-        """As :meth:`ConvOps.conv2d`, plus two optional buffers.
-
-        ``out``: a C-contiguous (N, F, OH, OW) array of the result dtype to write ``y`` into
-        (returned). ``cols``: a C-contiguous scratch array of the result dtype with at least
-        ``C*kh*kw * N*OH*OW`` elements (any shape; see :func:`cols_size`); its front is
-        overwritten with the im2col matrix, laid out ``(C*kh*kw, N*OH*OW)``. One buffer per
-        thread can serve every call of a layer. The result dtype is
-        ``np.result_type(x, w)`` (float32 for float32 inputs).
-        """
-        kh, kw, sh, sw, ph, pw, oh, ow = check_conv(
-            x.shape, w.shape, None if b is None else tuple(b.shape), stride, padding
-        )
-        n, c = x.shape[:2]
-        f = w.shape[0]
-        k, l_ = c * kh * kw, oh * ow
+        """As :meth:`ConvOps.conv2d`; ``out``: a C-contiguous (N, F, OH, OW) array of the
+        result dtype (``np.result_type(x, w)``: float32 for float32 inputs) to write ``y``
+        into (returned)."""
+        dims = check_conv(x.shape, w.shape, None if b is None else tuple(b.shape), stride, padding)
+        g = _Geo(x.shape, w.shape, dims)
         dt = np.result_type(x.dtype, w.dtype)
-        cm = self._fill_cols(x, _scratch(cols, k * n * l_, dt), kh, kw, sh, sw, ph, pw, oh, ow)
         if out is None:
-            out = np.empty((n, f, oh, ow), dtype=dt)
-        elif out.shape != (n, f, oh, ow) or out.dtype != dt or not out.flags.c_contiguous:
+            out = np.empty((g.n, g.f, g.oh, g.ow), dtype=dt)
+        elif out.shape != (g.n, g.f, g.oh, g.ow) or out.dtype != dt or not out.flags.c_contiguous:
             raise ShapeError(
-                f"conv2d: out must be a C-contiguous {dt} array of shape {(n, f, oh, ow)}, "
-                f"got {out.dtype} {out.shape}"
+                f"conv2d: out must be a C-contiguous {dt} array of shape "
+                f"{(g.n, g.f, g.oh, g.ow)}, got {out.dtype} {out.shape}"
             )
-        w2 = np.ascontiguousarray(w.reshape(f, k), dtype=dt)
-        # per image: (F, K) @ (K, L) -> out[n] (F, L); the blocks are strided views of cm
-        np.matmul(w2, cm.reshape(k, n, l_).transpose(1, 0, 2), out=out.reshape(n, f, l_))
-        if b is not None:
-            out += b.astype(dt, copy=False).reshape(f, 1, 1)
+        src = self._source(x, g, dt)
+        wm = self._weights(w, g, dt)
+        bias = None if b is None else b.astype(dt, copy=False).reshape(g.f, 1)
+        o3 = out.reshape(g.n, g.f, g.l)
+        for n0, m in g.chunks():
+            cols = self._gather(src, g, n0, m, dt)
+            dst = o3[n0 : n0 + m]
+            if g.nhwc:
+                t = self._buf("prod", m * g.l * g.f, dt).reshape(m * g.l, g.f)
+                np.dot(cols, wm, out=t)
+                tv = t.reshape(m, g.l, g.f).transpose(0, 2, 1)  # (m, F, L), in cache
+                if bias is None:
+                    np.copyto(dst, tv)
+                else:
+                    np.add(tv, bias, out=dst)
+            else:
+                # per image: (F, K) @ (K, L); the images' blocks are strided views of cols
+                np.matmul(wm, cols.reshape(g.k, m, g.l).transpose(1, 0, 2), out=dst)
+                if bias is not None:
+                    dst += bias
         return out
 
     def conv2d_backward(
@@ -177,67 +228,70 @@ class NumpyConvOps(ConvOps):
         stride: Size2,
         padding: Size2,
         need_input_grad: bool = True,
-        *,
-        cols: np.ndarray | None = None,
-        cols_filled: bool = False,
     ) -> tuple[Any | None, Any, Any]:
-        """As :meth:`ConvOps.conv2d_backward`; ``cols`` is a scratch buffer as in
-        :meth:`conv2d` (:func:`cols_size` elements suffice) (overwritten: ``x``'s
-        im2col matrix is re-gathered for ``dw``; then, at stride 1 when ``F*H*W <= C*OH*OW``,
-        ``dx`` is computed as the convolution of the padded ``grad`` with the flipped,
-        transposed kernel, whose im2col matrix (no larger) reuses the buffer; otherwise ``dcols = w^T @ grad`` fills it
-        and col2im adds its ``kh*kw`` strided slices). ``cols_filled=True``: ``cols``
-        already holds ``x``'s im2col matrix, as :meth:`conv2d` left it for this ``x``,
-        ``w`` shape, stride and padding (a training layer's forward), so it is not gathered
-        again."""
-        kh, kw, sh, sw, ph, pw, oh, ow = check_conv(x.shape, w.shape, None, stride, padding)
-        n, c, h, wd = x.shape
-        f = w.shape[0]
-        k, l_ = c * kh * kw, oh * ow
-        check_grad(tuple(grad.shape), (n, f, oh, ow), "conv2d_backward")
+        """As :meth:`ConvOps.conv2d_backward`, chunk by chunk as :meth:`conv2d`: each
+        chunk's im2col matrix is gathered again (in cache) for its share of ``dw``."""
+        dims = check_conv(x.shape, w.shape, None, stride, padding)
+        g = _Geo(x.shape, w.shape, dims)
+        check_grad(tuple(grad.shape), (g.n, g.f, g.oh, g.ow), "conv2d_backward")
         dt = np.result_type(x.dtype, w.dtype, grad.dtype)
-        # at stride 1, dx as a convolution of grad when grad's im2col matrix is no larger
-        stride1 = sh == 1 and sw == 1 and f * h * wd <= c * l_
-        # one buffer for both im2col matrices (x's for dw, then grad's for dx at stride 1)
-        buf = _scratch(cols, k * n * l_, dt)
-        if cols_filled:
-            cm = buf.reshape(k, n * l_)
+        g3 = grad.reshape(g.n, g.f, g.l)
+        src = self._source(x, g, dt)
+        dwm = np.zeros((g.f, g.k), dt)  # columns (i, j, c) channels-last, else (c, i, j)
+        db = np.zeros(g.f, dt)
+        part = np.empty((g.f, g.k), dt)
+        for n0, m in g.chunks():
+            gt = self._buf("grad", g.f * m * g.l, dt).reshape(g.f, m * g.l)
+            np.copyto(gt.reshape(g.f, m, g.l), g3[n0 : n0 + m].transpose(1, 0, 2))
+            db += gt.sum(axis=1)
+            cols = self._gather(src, g, n0, m, dt)
+            np.dot(gt, cols if g.nhwc else cols.T, out=part)
+            dwm += part
+        if g.nhwc:
+            dw = np.ascontiguousarray(dwm.reshape(g.f, g.kh, g.kw, g.c).transpose(0, 3, 1, 2))
         else:
-            cm = self._fill_cols(x, buf, kh, kw, sh, sw, ph, pw, oh, ow)
-        # grad as (F, N*L): one copy of the (small) output gradient
-        gt = np.empty((f, n, l_), dtype=dt)
-        np.copyto(gt, grad.reshape(n, f, l_).transpose(1, 0, 2))
-        gt2 = gt.reshape(f, n * l_)
-        db = gt2.sum(axis=1).astype(grad.dtype, copy=False)  # along contiguous rows
-        dw = np.dot(gt2, cm.T).reshape(w.shape)
+            dw = dwm.reshape(w.shape)
+        db = db.astype(grad.dtype, copy=False)
         if not need_input_grad:
             return None, dw, db
-        if stride1:
-            # dx is the full correlation of grad with the flipped, transposed kernel: pad
-            # grad by kh-1-ph (crop if negative) and run conv2d (F in, C out) on it.
-            wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dt)
-            qh, qw = kh - 1 - ph, kw - 1 - pw
-            gq = grad[:, :, max(-qh, 0) : oh - max(-qh, 0), max(-qw, 0) : ow - max(-qw, 0)]
-            gq = _padded(gq, max(qh, 0), max(qw, 0), 0.0)
-            del cm
-            dx = self.conv2d(gq, wt, None, 1, 0, cols=buf)
-            return dx, dw, db
-        w2 = np.ascontiguousarray(w.reshape(f, k), dtype=dt)
-        np.matmul(w2.T, gt2, out=cm)  # dcols (K, N*L), in the im2col buffer
-        dc = cm.reshape(c, kh, kw, n, oh, ow)
-        # col2im in (C, N, Hp, Wp) order, the order of dcols, then one transposed copy
-        disjoint = sh >= kh and sw >= kw
-        dxp = np.zeros((c, n, h + 2 * ph, wd + 2 * pw), dtype=dt)
-        for i in range(kh):
-            for j in range(kw):
-                dst = _win(dxp, i, j, sh, sw, oh, ow)
-                if disjoint:
-                    np.copyto(dst, dc[:, i, j])
-                else:
-                    np.add(dst, dc[:, i, j], out=dst)
-        dx = np.empty((n, c, h, wd), dtype=dt)
-        np.copyto(dx, dxp[:, :, ph : ph + h, pw : pw + wd].transpose(1, 0, 2, 3))
-        return dx, dw, db
+        if g.sh == 1 and g.sw == 1:
+            return self._dx_stride1(grad, w, g, dt), dw, db
+        return self._dx_col2im(g3, w, g, dt), dw, db
+
+    def _dx_stride1(self, grad: np.ndarray, w: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> Any:
+        """``dx`` at stride 1: the full correlation of ``grad`` with the flipped, transposed
+        kernel, i.e. :meth:`conv2d` (F in, C out) of ``grad`` padded by ``kh-1-ph`` (cropped
+        where that is negative)."""
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dt)
+        qh, qw = g.kh - 1 - g.ph, g.kw - 1 - g.pw
+        ch, cw = max(-qh, 0), max(-qw, 0)
+        gq = grad[:, :, ch : g.oh - ch, cw : g.ow - cw]
+        return self.conv2d(gq, wt, None, 1, (max(qh, 0), max(qw, 0)))
+
+    def _dx_col2im(self, g3: np.ndarray, w: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> Any:
+        """``dx`` at other strides: per chunk ``dcols = w^T @ grad`` (K, m*L), whose
+        ``kh*kw`` strided slices are added onto the padded input grid (C, N, Hp, Wp)."""
+        w2t = np.ascontiguousarray(w.reshape(g.f, g.k).T, dtype=dt)
+        hp, wp = g.h + 2 * g.ph, g.w + 2 * g.pw
+        dxp = np.zeros((g.c, g.n, hp, wp), dtype=dt)
+        disjoint = g.sh >= g.kh and g.sw >= g.kw
+        for n0, m in g.chunks():
+            gt = self._buf("grad", g.f * m * g.l, dt).reshape(g.f, m * g.l)
+            np.copyto(gt.reshape(g.f, m, g.l), g3[n0 : n0 + m].transpose(1, 0, 2))
+            dc = self._buf("cols", g.k * m * g.l, dt).reshape(g.k, m * g.l)
+            np.dot(w2t, gt, out=dc)
+            d6 = dc.reshape(g.c, g.kh, g.kw, m, g.oh, g.ow)
+            grid = dxp[:, n0 : n0 + m]
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    dst = _win(grid, i, j, g.sh, g.sw, g.oh, g.ow)
+                    if disjoint:
+                        np.copyto(dst, d6[:, i, j])
+                    else:
+                        np.add(dst, d6[:, i, j], out=dst)
+        dx = np.empty((g.n, g.c, g.h, g.w), dtype=dt)
+        np.copyto(dx, dxp[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w].transpose(1, 0, 2, 3))
+        return dx
 
     # -- pooling ------------------------------------------------------------------
     def maxpool2d(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> tuple[Any, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -11,10 +10,6 @@ from .. import _random
 from ..errors import ShapeError
 from .dense import dtype_name, init_std, positive_int
 from .module import Module
-
-#: the largest per-thread im2col scratch buffer (elements) a layer keeps between calls;
-#: a larger one is allocated for the call and freed
-MAX_SCRATCH_ELEMS = 1 << 24
 
 
 def size_pair(layer: str, name: str, v: Any, minimum: int = 1) -> tuple[int, int]:
@@ -74,14 +69,13 @@ class Conv2D(Module):
     ``(F, OH, OW)``) with ``OH = (H + 2*ph - kh) // sh + 1`` and likewise ``OW``.
     ``weight`` is ``(F, C, kh, kw)`` (the book's and PyTorch's layout), ``bias`` ``(F,)``.
 
-    On NumPy the im2col matrix is gathered into a scratch buffer kept per thread and
-    reused by every call (see ``minifw.backend._conv_numpy``).
+    On NumPy the convolution runs in chunks of images whose im2col matrix stays in cache
+    (see ``minifw.backend._conv_numpy``).
     """
 
     weight: Any
     bias: Any  # None when built with bias=False
     _rowwise = True  # eval mode: each sample's output depends on that sample only
-    _transient = ("_tls", "_tcols")
 
     def __init__(
         self,
@@ -114,10 +108,6 @@ class Conv2D(Module):
         else:
             self.__dict__["bias"] = None
         self._x: Any = None  # the last training-mode input (N, C, H, W)
-        self._tls: Any = None
-        # training: the im2col scratch of the last forward, kept for the backward's dw
-        self._tcols: Any = None
-        self._tcols_ok = False  # _tcols holds the im2col matrix of _x
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "bias" and not self.__dict__.get("use_bias", True):
@@ -137,55 +127,14 @@ class Conv2D(Module):
             )
         spatial_out(self._where(), shape, self.kernel_size, self.stride, self.padding)
 
-    def _scratch(self, x: Any) -> dict[str, Any]:
-        """``{"cols": buffer}`` where the engine's conv2d takes one: this thread's, grown
-        as needed up to :data:`MAX_SCRATCH_ELEMS` (larger: a buffer for this call only)."""
-        b = self._b
-        size = b.conv2d_scratch_size(
-            tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding
-        )
-        if size is None:
-            return {}
-        dt = np.result_type(x.dtype, self.weight.dtype)
-        if size > MAX_SCRATCH_ELEMS:
-            return {"cols": np.empty(size, dt)}
-        tls = self._tls
-        if tls is None:
-            tls = self.__dict__["_tls"] = threading.local()
-        buf = getattr(tls, "cols", None)
-        if buf is None or buf.size < size or buf.dtype != dt:
-            buf = tls.cols = np.empty(size, dt)
-        return {"cols": buf}
-
-    def _train_scratch(self, x: Any) -> dict[str, Any]:
-        """``{"cols": buffer}`` for a training-mode forward: a buffer of this layer's (not
-        the thread's) kept until the backward, which then skips gathering ``x``'s im2col
-        matrix again; ``{}`` (the backward gathers it) where the engine takes no buffer
-        or it would exceed :data:`MAX_SCRATCH_ELEMS`."""
-        b = self._b
-        size = b.conv2d_scratch_size(
-            tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding
-        )
-        if size is None or size > MAX_SCRATCH_ELEMS:
-            self._tcols = None
-            return self._scratch(x)
-        dt = np.result_type(x.dtype, self.weight.dtype)
-        buf = self.__dict__.get("_tcols")
-        if buf is None or buf.size < size or buf.dtype != dt:
-            buf = self._tcols = np.empty(size, dt)
-        return {"cols": buf}
-
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
         one = len(x.shape) == 3
         if one:
             x = self.xp.reshape(x, (1, *tuple(x.shape)))
         self._check_input(tuple(x.shape))
-        kw = self._train_scratch(x) if train else self._scratch(x)
         if train:
             self._x = x
-            tc = self.__dict__.get("_tcols")
-            self._tcols_ok = tc is not None and kw.get("cols") is tc
-        y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding, **kw)
+        y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         if one:
             y = self.xp.reshape(y, tuple(y.shape[1:]))
         return y, True
@@ -198,13 +147,8 @@ class Conv2D(Module):
         if one:
             grad = self.xp.reshape(grad, (1, *tuple(grad.shape)))
         self._check_grad(grad, expect)  # type: ignore[arg-type]
-        if self._tcols_ok and self.__dict__.get("_tcols") is not None:  # still the forward's
-            kw: dict[str, Any] = {"cols": self._tcols, "cols_filled": True}
-        else:
-            kw = self._scratch(x)
-        self._tcols_ok = False  # the backward overwrites it
         dx, dw, db = self._b.conv2d_backward(
-            grad, x, self.weight, self.stride, self.padding, need_input_grad, **kw
+            grad, x, self.weight, self.stride, self.padding, need_input_grad
         )
         self.grads["weight"] = dw
         if self.use_bias:
@@ -215,7 +159,6 @@ class Conv2D(Module):
 
     def _clear_cache(self) -> None:
         self._x = None
-        self._tcols_ok = False
 
     # -- description -------------------------------------------------------------------
     def _describe(self) -> str:
