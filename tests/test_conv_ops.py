@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minifw.backend._conv import ConvOps
 from minifw.backend import _conv_numpy
+from minifw.backend._conv import ConvOps
 from minifw.backend._conv_numpy import NumpyConvOps
 from minifw.errors import ShapeError
 

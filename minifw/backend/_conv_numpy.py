@@ -1,8 +1,8 @@
 """Convolution and pooling on NumPy: fast overrides of :class:`~minifw.backend._conv.ConvOps`.
 
 * ``conv2d`` runs chunk by chunk: a chunk of images whose im2col matrix has about
-  :data:`CHUNK_ELEMS` elements (about 512 KiB in float32, so it stays in a core's L2 cache
-  from its gather to its GEMM) is gathered into a per-thread scratch buffer, multiplied by
+  :data:`CHUNK_ELEMS` elements (2 MiB in float32, so it stays in cache from its gather
+  to its GEMM) is gathered into a per-thread scratch buffer, multiplied by
   the weights in one GEMM, and its result written into the output with the bias. Nothing
   of the size of a whole batch's im2col matrix is ever allocated.
 
@@ -94,8 +94,10 @@ class _Scratch(threading.local):
 class _Geo:
     """One convolution's sizes and its chunking (images per chunk)."""
 
-    __slots__ = ("n", "c", "h", "w", "f", "kh", "kw", "sh", "sw", "ph", "pw", "oh", "ow")
-    __slots__ += ("k", "l", "per", "nhwc")
+    __slots__ = (
+        *("n", "c", "h", "w", "f", "kh", "kw", "sh", "sw", "ph", "pw", "oh", "ow"),
+        *("k", "l", "per", "nhwc"),
+    )
 
     def __init__(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dims: tuple[int, ...]):
         self.n, self.c, self.h, self.w = (int(s) for s in x_shape)
