@@ -51,6 +51,9 @@ _LIGHT = (_Activation, Identity, Flatten)
 
 #: activations a fused step takes (the backend's ``linear(..., act=)``)
 FUSABLE = ("sigmoid", "relu", "tanh", "step", "softmax")
+#: activations fused into a preceding convolution (applied chunk by chunk; ReLU gives the
+#: same bits on any chunk, while NumPy's sigmoid rounds saturated values by array size)
+CONV_FUSABLE = ("relu",)
 #: Batches whose widest activation has more elements than this (rounded to a power of two
 #: of rows between MIN_CHUNK_ROWS and MAX_CHUNK_ROWS) are split into chunks that run on all
 #: cores at once.
@@ -303,6 +306,27 @@ class _Layer:
         return self.m._describe()
 
 
+class _Conv(_Layer):
+    """A convolution (a layer with ``_conv(x, act)``, e.g. ``Conv2D``) and the elementwise
+    activation after it, if any (:data:`CONV_FUSABLE`): one backend ``conv2d`` call."""
+
+    def __init__(self, m: Module) -> None:
+        super().__init__(m)
+        self.act: str | None = None
+        self.act_module: Module | None = None
+
+    def run(self, x: Any, max_rows: int | None = None) -> Any:
+        with self.m.backend.whole_section():
+            return self.inner(x)
+
+    def inner(self, x: Any) -> Any:
+        return self.m._conv(x, self.act)  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        d = self.m._describe()
+        return d if self.act is None else f"{d} {self.act}"
+
+
 def _rowwise(seg: Any) -> bool:
     """The segment's output for a sample depends on that sample only (in eval mode)."""
     if isinstance(seg, _Fused):
@@ -316,7 +340,11 @@ def _heavy(seg: Any) -> bool:
 
 
 def _modules(seg: Any) -> list[Module]:
-    return [m for m, _ in seg.steps] if isinstance(seg, _Fused) else [seg.m]
+    if isinstance(seg, _Fused):
+        return [m for m, _ in seg.steps]
+    if isinstance(seg, _Conv) and seg.act_module is not None:
+        return [seg.m, seg.act_module]
+    return [seg.m]
 
 
 class _Group:
@@ -326,8 +354,7 @@ class _Group:
     (:data:`GROUP_CHUNK_ELEMS` elements of the widest per-sample activation, between
     :data:`GROUP_MIN_ROWS` and :data:`GROUP_MAX_ROWS` samples) runs the whole group, on
     ``Backend.threads()`` threads at once, and only the group's output is allocated for
-    the whole batch. A convolution's im2col matrix is then one chunk's, in a per-thread
-    buffer the layer keeps (``Conv2D``)."""
+    the whole batch."""
 
     def __init__(self, backend: Any, segs: list[Any]) -> None:
         self.backend = backend
@@ -421,16 +448,18 @@ class Plan:
     def __init__(self, model: Any) -> None:
         self.backend = model.backend
         segments: list[Any] = []
-        cur: _Fused | None = None
         for m in model:
             act = _step_act(m)
+            last = segments[-1] if segments else None
             if hasattr(m, "_linear") and m.backend is self.backend:
-                cur = _Fused(self.backend, m)
-                segments.append(cur)
-            elif act is not None and cur is not None and cur.steps[-1][1] is None:
-                cur.steps[-1][1] = act
+                segments.append(_Fused(self.backend, m))
+            elif hasattr(m, "_conv") and m.backend is self.backend:
+                segments.append(_Conv(m))
+            elif act is not None and isinstance(last, _Fused) and last.steps[-1][1] is None:
+                last.steps[-1][1] = act
+            elif act in CONV_FUSABLE and isinstance(last, _Conv) and last.act is None:
+                last.act, last.act_module = act, m
             else:
-                cur = None
                 segments.append(_Layer(m))
         # consecutive fused runs of one width chain are merged (Dense, Dense: one segment)
         merged: list[Any] = []

@@ -346,6 +346,28 @@ def test_numpy_chunks_agree_with_torch(
     assert (dx32.dtype, dw32.dtype, db32.dtype) == (np.float32,) * 3
 
 
+@pytest.mark.parametrize("name", ["numpy", "array_api_strict", "torch"])
+def test_conv2d_act_is_the_activation_of_the_result(name: str) -> None:
+    """``conv2d(..., act)`` equals the activation of ``conv2d(...)`` bit for bit, on the
+    NumPy override and on the generic version (array_api_strict, torch)."""
+    import minifw as mf
+
+    if name == "array_api_strict":
+        _strict()
+    b = mf.backend.get(name)
+    rng = np.random.default_rng(4)
+    x = b.from_numpy(rng.standard_normal((3, 8, 7, 6)).astype(np.float32))
+    w = b.from_numpy(rng.standard_normal((5, 8, 3, 3)).astype(np.float32))
+    bias = b.from_numpy(rng.standard_normal(5).astype(np.float32))
+    y = b.to_numpy(b.conv2d(x, w, bias, 1, 1))
+    got = b.conv2d(x, w, bias, 1, 1, "relu")
+    assert b.is_native(got)
+    np.testing.assert_array_equal(b.to_numpy(got), np.maximum(y, 0))
+    assert (b.to_numpy(got) == 0).any() and (y < 0).any()
+    with pytest.raises(ValueError, match="elementwise"):
+        b.conv2d(x, w, bias, 1, 1, "softmax")
+
+
 def test_numpy_out_buffer() -> None:
     ops = _NB()
     rng = np.random.default_rng(2)

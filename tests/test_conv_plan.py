@@ -36,9 +36,14 @@ def layer_by_layer(model: mf.Sequential, x: np.ndarray) -> np.ndarray:
 
 def test_explain_groups_conv_layers_and_keeps_dense_plans() -> None:
     assert plan.explain(simple_convnet()) == (
-        "numpy: {Conv2D 1→30 5x5 | ReLU | MaxPool2D 2x2 | Flatten | "
+        "numpy: {Conv2D 1→30 5x5 relu | MaxPool2D 2x2 | Flatten | "
         "[Dense 4320→100 relu, Dense 100→10 softmax]}"
     )
+    # only ReLU fuses into a convolution; a second activation stays a layer
+    other = mf.Sequential(
+        mf.Conv2D(1, 2, 3), mf.Sigmoid(), mf.Conv2D(2, 2, 3), mf.ReLU(), mf.ReLU()
+    )
+    assert plan.explain(other) == ("numpy: {Conv2D 1→2 3x3 | Sigmoid | Conv2D 2→2 3x3 relu | ReLU}")
     dense = mf.Sequential(mf.Dense(784, 50), mf.Sigmoid(), mf.Dense(50, 10), mf.Softmax())
     assert plan.explain(dense) == "numpy: [Dense 784→50 sigmoid, Dense 50→10 softmax]"
     flat = mf.Sequential(mf.Flatten(), mf.Dense(784, 10), mf.Softmax())
@@ -46,6 +51,18 @@ def test_explain_groups_conv_layers_and_keeps_dense_plans() -> None:
     # a layer that is not batch-independent ends a group
     sm0 = mf.Sequential(mf.Conv2D(1, 2, 3), mf.Flatten(), mf.Softmax(axis=0))
     assert plan.explain(sm0) == "numpy: {Conv2D 1→2 3x3 | Flatten} | Softmax"
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_fused_conv_relu_gives_the_layers_bits(n: int) -> None:
+    """Conv2D + ReLU as one plan step (ReLU applied chunk by chunk) gives exactly the
+    layers' result, one sample or a batch."""
+    model = mf.Sequential(mf.Conv2D(4, 6, 3, padding=1), mf.ReLU(), mf.Conv2D(6, 3, 2), mf.ReLU())
+    x = np.random.default_rng(n).standard_normal((n, 4, 9, 7)).astype(np.float32)
+    y = model.predict(x)
+    assert y.dtype == np.float32 and (y >= 0).all() and (y == 0).any()
+    np.testing.assert_array_equal(y, layer_by_layer(model, x))
+    np.testing.assert_array_equal(model(x[0]), layer_by_layer(model, x[:1])[0])
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -83,14 +100,14 @@ def test_large_batches_run_on_several_threads(monkeypatch: Any) -> None:
     model.backend.max_threads = 2
     seen: set[int] = set()
     conv = model[0]
-    orig = type(conv)._forward
+    orig = type(conv)._conv
 
-    def spy(self: Any, x: Any, owned: bool, train: bool) -> Any:
+    def spy(self: Any, x: Any, act: Any = None) -> Any:
         seen.add(threading.get_ident())
         assert x.shape[0] <= plan.GROUP_MAX_ROWS
-        return orig(self, x, owned, train)
+        return orig(self, x, act)
 
-    monkeypatch.setattr(type(conv), "_forward", spy)
+    monkeypatch.setattr(type(conv), "_conv", spy)
     try:
         model.predict(np.zeros((1000, 1, 28, 28), np.float32))
     finally:

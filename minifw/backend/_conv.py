@@ -23,6 +23,7 @@ Conventions (the same for every method and engine):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ShapeError
@@ -121,6 +122,8 @@ class ConvOps:
     """
 
     xp: Any
+
+    activate: Callable[..., Any]  # Ops.activate(name, x, inplace)
 
     # -- helpers ----------------------------------------------------------------
     def _full(self, shape: tuple[int, ...], value: float, like: Any) -> Any:
@@ -221,13 +224,25 @@ class ConvOps:
         return xp.reshape(xp.stack(wins, axis=2), (n, c * kh * kw, oh * ow))
 
     # -- convolution --------------------------------------------------------------
-    def conv2d(self, x: Any, w: Any, b: Any | None, stride: Size2, padding: Size2) -> Any:
+    def conv2d(
+        self,
+        x: Any,
+        w: Any,
+        b: Any | None,
+        stride: Size2,
+        padding: Size2,
+        act: str | None = None,
+    ) -> Any:
         """2-D cross-correlation (what deep-learning frameworks call convolution).
 
         ``x`` (N, C, H, W), ``w`` (F, C, kh, kw), ``b`` (F,) or ``None`` ->
         ``y`` (N, F, OH, OW) with ``y[n, f] = sum_c x[n, c] * w[f, c] + b[f]`` (windowed).
-        Implemented as im2col (N, C*kh*kw, OH*OW) and one broadcast matmul.
+        Implemented as im2col (N, C*kh*kw, OH*OW) and one broadcast matmul. ``act``: an
+        elementwise activation applied to the result (``"relu"``, ``"sigmoid"``, ``"tanh"``,
+        ``"step"``), the same bits as ``activate(act, conv2d(...))``; engines fuse it.
         """
+        if act == "softmax":
+            raise ValueError("conv2d: act must be an elementwise activation, not softmax")
         xp = self.xp
         kh, kw, sh, sw, ph, pw, oh, ow = check_conv(
             _shape(x), _shape(w), None if b is None else _shape(b), stride, padding
@@ -237,7 +252,8 @@ class ConvOps:
         y = xp.matmul(xp.reshape(w, (f, -1)), cols)  # (F, K) @ (N, K, L) -> (N, F, L)
         if b is not None:
             y = y + xp.reshape(b, (1, f, 1))
-        return xp.reshape(y, (n, f, oh, ow))
+        y = xp.reshape(y, (n, f, oh, ow))
+        return y if act is None else self.activate(act, y, True)
 
     def conv2d_backward(
         self,

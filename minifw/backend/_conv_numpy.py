@@ -184,12 +184,16 @@ class NumpyConvOps(ConvOps):
         b: Any | None,
         stride: Size2,
         padding: Size2,
+        act: str | None = None,
         *,
         out: np.ndarray | None = None,
     ) -> Any:
-        """As :meth:`ConvOps.conv2d`; ``out``: a C-contiguous (N, F, OH, OW) array of the
-        result dtype (``np.result_type(x, w)``: float32 for float32 inputs) to write ``y``
-        into (returned)."""
+        """As :meth:`ConvOps.conv2d` (``act`` applied to each chunk while it is in cache);
+        ``out``: a C-contiguous (N, F, OH, OW) array of the result dtype
+        (``np.result_type(x, w)``: float32 for float32 inputs) to write ``y`` into
+        (returned)."""
+        if act == "softmax":
+            raise ValueError("conv2d: act must be an elementwise activation, not softmax")
         dims = check_conv(x.shape, w.shape, None if b is None else tuple(b.shape), stride, padding)
         g = _Geo(x.shape, w.shape, dims)
         dt = np.result_type(x.dtype, w.dtype)
@@ -220,6 +224,8 @@ class NumpyConvOps(ConvOps):
                 np.matmul(wm, cols.reshape(g.k, m, g.l).transpose(1, 0, 2), out=dst)
                 if bias is not None:
                     dst += bias
+            if act is not None:
+                self.activate(act, dst, True)
         return out
 
     def conv2d_backward(

@@ -128,16 +128,22 @@ class Conv2D(Module):
         spatial_out(self._where(), shape, self.kernel_size, self.stride, self.padding)
 
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
+        if train:
+            self._x = x if len(x.shape) != 3 else self.xp.reshape(x, (1, *tuple(x.shape)))
+        return self._conv(x), True
+
+    def _conv(self, x: Any, act: str | None = None) -> Any:
+        """``act(conv(x))`` (``act`` an elementwise activation or ``None``), one sample or a
+        batch: the forward pass, and the inference plan's fused Conv2D + activation step
+        (the same backend ``conv2d``, which applies ``act`` while each chunk is in cache)."""
         one = len(x.shape) == 3
         if one:
             x = self.xp.reshape(x, (1, *tuple(x.shape)))
         self._check_input(tuple(x.shape))
-        if train:
-            self._x = x
-        y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        y = self._b.conv2d(x, self.weight, self.bias, self.stride, self.padding, act)
         if one:
             y = self.xp.reshape(y, tuple(y.shape[1:]))
-        return y, True
+        return y
 
     def _backward(self, grad: Any, need_input_grad: bool) -> Any:
         x = self._need_cache(self._x)
