@@ -327,6 +327,76 @@ class _Conv(_Layer):
         return d if self.act is None else f"{d} {self.act}"
 
 
+class _ConvChain:
+    """Consecutive convolutions (with their fused activations) and max-pools: one backend
+    ``conv_chain`` call (NumPy keeps the intermediate results channels-last, in cache)."""
+
+    def __init__(self, segs: list[_Layer]) -> None:
+        self.segs = segs
+        self.m = segs[0].m  # for _rowwise: every member is batch-independent
+        self._checked: set[tuple[int, ...]] = set()
+
+    def _steps(self) -> list[tuple[Any, ...]]:
+        return [
+            s.m._chain_step(s.act) if isinstance(s, _Conv) else s.m._chain_step()  # type: ignore[attr-defined]
+            for s in self.segs
+        ]
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        """Every layer accepts samples of this shape (their ``output_shape``), once per shape."""
+        if shape in self._checked:
+            return True
+        cur: tuple[Any, ...] = (None, *shape[1:]) if len(shape) == 4 else (None, *shape)
+        try:
+            for s in self.segs:
+                for m in _modules(s):
+                    cur = m.output_shape(cur)
+        except ShapeError:
+            return False
+        if len(self._checked) < 64:
+            self._checked.add(shape)
+        return True
+
+    def run(self, x: Any, max_rows: int | None = None) -> Any:
+        with self.m.backend.whole_section():
+            return self.inner(x)
+
+    def inner(self, x: Any) -> Any:
+        shape = tuple(int(d) for d in x.shape)
+        if len(shape) not in (3, 4) or not self._fits(shape):
+            for s in self.segs:  # the layer that rejects x raises its ShapeError
+                x = s.inner(x)
+            return x
+        b = self.m.backend
+        if len(shape) == 3:
+            y = b.conv_chain(b.xp.reshape(x, (1, *shape)), self._steps())
+            return b.xp.reshape(y, tuple(y.shape[1:]))
+        return b.conv_chain(x, self._steps())
+
+    def describe(self) -> str:
+        return " | ".join(s.describe() for s in self.segs)
+
+
+def _chained(backend: Any, segs: list[Any]) -> list[Any]:
+    """Runs of at least two consecutive convolution / max-pool segments (layers with a
+    ``_chain_step``, on the plan's backend) become one :class:`_ConvChain`."""
+    out: list[Any] = []
+    run: list[Any] = []
+
+    def flush() -> None:
+        out.extend([_ConvChain(list(run))] if len(run) >= 2 else run)
+        run.clear()
+
+    for s in segs:
+        if isinstance(s, _Layer) and hasattr(s.m, "_chain_step") and s.m.backend is backend:
+            run.append(s)
+        else:
+            flush()
+            out.append(s)
+    flush()
+    return out
+
+
 def _rowwise(seg: Any) -> bool:
     """The segment's output for a sample depends on that sample only (in eval mode)."""
     if isinstance(seg, _Fused):
@@ -336,10 +406,14 @@ def _rowwise(seg: Any) -> bool:
 
 def _heavy(seg: Any) -> bool:
     """A layer worth chunking for: not a fused run, a reshape or an elementwise function."""
-    return isinstance(seg, _Layer) and not isinstance(seg.m, _LIGHT)
+    return isinstance(seg, _ConvChain) or (
+        isinstance(seg, _Layer) and not isinstance(seg.m, _LIGHT)
+    )
 
 
 def _modules(seg: Any) -> list[Module]:
+    if isinstance(seg, _ConvChain):
+        return [m for s in seg.segs for m in _modules(s)]
     if isinstance(seg, _Fused):
         return [m for m, _ in seg.steps]
     if isinstance(seg, _Conv) and seg.act_module is not None:
@@ -476,7 +550,7 @@ class Plan:
                     prev.close()
                     continue
             merged.append(s)
-        self.segments = _grouped(self.backend, merged)
+        self.segments = _grouped(self.backend, _chained(self.backend, merged))
         self._single = self.segments[0].run if len(self.segments) == 1 else None
 
     def run(self, x: Any, max_rows: int | None = None) -> Any:

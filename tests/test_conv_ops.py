@@ -441,3 +441,76 @@ def test_shape_errors_name_the_shapes(impl: tuple[Any, Any]) -> None:
         ops.avgpool2d_backward(xp.asarray(np.zeros((2, 3, 3, 3))), (2, 3, 5, 5), 2, 2, 0)
     with pytest.raises(TypeError, match="stride"):
         ops.conv2d(x, w, None, 1.5, 0)
+
+
+# -- conv_chain --------------------------------------------------------------------------
+CHAIN_STEPS = [
+    # (channels in, the steps as (kind, ...) with weights drawn for the running shape)
+    (1, [("conv", 8, 3, 1, 1, "relu"), ("conv", 8, 3, 1, 1, "relu"), ("maxpool", 2, 2, 0)]),
+    (4, [("conv", 6, 3, 1, 1, None), ("maxpool", 2, 2, 0), ("conv", 5, (3, 2), (2, 1), 0, "relu")]),
+    (8, [("maxpool", 2, 2, 0), ("conv", 3, 3, 1, 2, "relu"), ("maxpool", 3, 2, 1)]),
+    (6, [("conv", 7, 2, 1, 0, "relu", "nobias"), ("maxpool", (2, 3), (1, 2), 0)]),
+]
+
+
+def _chain(spec: list[Any], c: int, rng: Any, wrap: Any) -> list[tuple[Any, ...]]:
+    steps: list[tuple[Any, ...]] = []
+    for sp in spec:
+        if sp[0] == "conv":
+            f, k, stride, pad, act = sp[1:6]
+            kh, kw = (k, k) if isinstance(k, int) else k
+            w = wrap(rng.standard_normal((f, c, kh, kw)))
+            b = None if "nobias" in sp else wrap(rng.standard_normal(f))
+            steps.append(("conv", w, b, stride, pad, act))
+            c = f
+        else:
+            steps.append(sp)
+    return steps
+
+
+@pytest.mark.parametrize("case", range(len(CHAIN_STEPS)))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_chain_equals_the_steps_in_turn(case: int, dtype: Any) -> None:
+    """NumPy's conv_chain (channels-last runs, pools fused into their convolution's
+    chunks, fallbacks for the steps it cannot take) equals conv2d / maxpool2d_values in
+    turn; the generic version on array_api_strict and torch too; float32 stays float32."""
+    import minifw as mf
+
+    c, spec = CHAIN_STEPS[case]
+    rng = np.random.default_rng(case)
+    x = rng.standard_normal((5, c, 12, 11)).astype(dtype)
+    b = mf.backend.get("numpy")
+    steps = _chain(spec, c, np.random.default_rng(case + 10), lambda a: a.astype(dtype))
+    ref = x
+    for step in steps:
+        kind, *args = step
+        ref = b.conv2d(ref, *args) if kind == "conv" else b.maxpool2d_values(ref, *args)
+    got = b.conv_chain(x, steps)
+    assert got.dtype == dtype and got.shape == ref.shape
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    for name in ("array_api_strict", "torch"):
+        if name == "array_api_strict":
+            _strict()
+        e = mf.backend.get(name)
+        st_e = [
+            ("conv", e.from_numpy(s[1]), None if s[2] is None else e.from_numpy(s[2]), *s[3:])
+            if s[0] == "conv"
+            else s
+            for s in steps
+        ]
+        y = e.conv_chain(e.from_numpy(x), st_e)
+        assert e.is_native(y)
+        np.testing.assert_allclose(e.to_numpy(y), ref, rtol=tol, atol=tol)
+
+
+def test_conv_chain_errors() -> None:
+    import minifw as mf
+
+    b = mf.backend.get("numpy")
+    x = np.zeros((2, 8, 6, 6), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)  # expects 3 channels
+    with pytest.raises(ShapeError, match="has 8 channels"):
+        b.conv_chain(x, [("conv", w, None, 1, 1, "relu"), ("maxpool", 2, 2, 0)])
+    with pytest.raises(ValueError, match="unknown step 'dense'"):
+        b.conv_chain(x, [("dense", w)])

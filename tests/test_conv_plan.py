@@ -99,15 +99,15 @@ def test_large_batches_run_on_several_threads(monkeypatch: Any) -> None:
     model = simple_convnet()
     model.backend.max_threads = 2
     seen: set[int] = set()
-    conv = model[0]
-    orig = type(conv)._conv
+    b = model.backend
+    orig = b.conv_chain  # the Conv2D + ReLU + MaxPool2D of each chunk
 
-    def spy(self: Any, x: Any, act: Any = None) -> Any:
+    def spy(x: Any, steps: Any) -> Any:
         seen.add(threading.get_ident())
         assert x.shape[0] <= plan.GROUP_MAX_ROWS
-        return orig(self, x, act)
+        return orig(x, steps)
 
-    monkeypatch.setattr(type(conv), "_conv", spy)
+    monkeypatch.setattr(b, "conv_chain", spy)
     try:
         model.predict(np.zeros((1000, 1, 28, 28), np.float32))
     finally:
@@ -147,3 +147,19 @@ def test_torch_and_strict_groups_match_numpy() -> None:
         model.to(engine)
         np.testing.assert_allclose(model.predict(x), ref, rtol=1e-5, atol=1e-6)
     model.to("numpy")
+
+
+def test_conv_chain_in_the_plan_checks_each_layer() -> None:
+    """Conv2D + ReLU + MaxPool2D + Conv2D run as one chain in predict; a bad input still
+    gets the ShapeError of the layer that rejects it, and one sample (C, H, W) works."""
+    model = mf.Sequential(
+        mf.Conv2D(3, 8, 3, padding=1), mf.ReLU(), mf.MaxPool2D(2), mf.Conv2D(8, 4, 3)
+    )
+    x = np.random.default_rng(0).standard_normal((6, 3, 10, 10)).astype(np.float32)
+    ref = layer_by_layer(model, x)
+    np.testing.assert_allclose(model.predict(x), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model(x[2]), ref[2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(mf.ShapeError, match=r"layer 0 \(Conv2D 3→8 3x3\).*\(2, 5, 10, 10\)"):
+        model.predict(np.zeros((2, 5, 10, 10), np.float32))
+    with pytest.raises(mf.ShapeError, match=r"layer 3 \(Conv2D 8→4 3x3\).*kernel"):
+        model.predict(np.zeros((2, 3, 3, 3), np.float32))

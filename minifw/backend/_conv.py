@@ -23,7 +23,7 @@ Conventions (the same for every method and engine):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ShapeError
@@ -289,6 +289,24 @@ class ConvOps:
             lambda i, j: dcols[:, :, i * kw + j, ...], _shape(x), kh, kw, sh, sw, ph, pw
         )
         return dx, dw, db
+
+    def conv_chain(self, x: Any, steps: Sequence[tuple[Any, ...]]) -> Any:
+        """Consecutive convolutions and max-pools on ``x`` (N, C, H, W), for inference.
+
+        ``steps``: ``("conv", w, b, stride, padding, act)`` (as :meth:`conv2d`) or
+        ``("maxpool", kernel, stride, padding)`` (as :meth:`maxpool2d_values`). The result
+        is that of those calls in turn (here: exactly those calls); engines may keep the
+        intermediate results in another layout (NumPy: channels-last, a max-pool done on
+        each chunk of its convolution's output while in cache), equal up to rounding.
+        """
+        for st in steps:
+            if st[0] == "conv":
+                x = self.conv2d(x, *st[1:])
+            elif st[0] == "maxpool":
+                x = self.maxpool2d_values(x, *st[1:])
+            else:
+                raise ValueError(f"conv_chain: unknown step {st[0]!r} (expected conv, maxpool)")
+        return x
 
     # -- pooling ------------------------------------------------------------------
     def maxpool2d(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> tuple[Any, Any]:

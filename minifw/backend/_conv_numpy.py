@@ -28,14 +28,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
-from ._conv import ConvOps, Size2, check_conv, check_grad, geometry
+from ._conv import ConvOps, Size2, _pair, check_conv, check_grad, geometry
 
 #: elements of one chunk's im2col matrix (at least one image per chunk)
 CHUNK_ELEMS = 1 << 19
@@ -82,6 +82,22 @@ def _maxpool_2x2(
     i1 += 2  # window index i*2 + j of row 1's maximum
     am = np.where(np.greater(m1, m0), i1, i0).astype(np.int32)
     return np.maximum(m0, m1, out=m0), am
+
+
+def _maxpool_nhwc(
+    y: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int
+) -> np.ndarray:
+    """Max-pool (no padding) of a channels-last (m, H, W, C) array: the running maximum of
+    ``kh`` row-strided slices, then of ``kw`` column-strided ones (runs of ``C``)."""
+    rows = [y[:, i : i + sh * (oh - 1) + 1 : sh] for i in range(kh)]
+    r = np.maximum(rows[0], rows[1]) if kh > 1 else rows[0].copy()
+    for v in rows[2:]:
+        np.maximum(r, v, out=r)
+    cols = [r[:, :, j : j + sw * (ow - 1) + 1 : sw] for j in range(kw)]
+    out = np.maximum(cols[0], cols[1]) if kw > 1 else cols[0].copy()
+    for v in cols[2:]:
+        np.maximum(out, v, out=out)
+    return out
 
 
 class _Scratch(threading.local):
@@ -300,6 +316,118 @@ class NumpyConvOps(ConvOps):
         dx = np.empty((g.n, g.c, g.h, g.w), dtype=dt)
         np.copyto(dx, dxp[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w].transpose(1, 0, 2, 3))
         return dx
+
+    # -- a chain of convolutions and max-pools, channels-last -------------------------------
+    def conv_chain(self, x: Any, steps: Sequence[tuple[Any, ...]]) -> Any:
+        """As :meth:`ConvOps.conv_chain`. A run of steps that starts with a convolution
+        gathered channels-last (``C*kw >= NHWC_MIN_RUN``) and goes on with such
+        convolutions and with max-pools without padding, each right after a convolution,
+        stays channels-last from its first gather to its end: each chunk of a convolution
+        (GEMM, bias, activation) goes through the max-pool after it, if any, while in cache,
+        straight into the next convolution's zero-padded channels-last input. Only the
+        run's result is transposed back to (N, C, H, W). Other steps run as
+        :meth:`conv2d` / :meth:`maxpool2d_values`."""
+        i = 0
+        while i < len(steps):
+            j = self._nhwc_run(tuple(int(d) for d in x.shape), steps, i)
+            if j > i:
+                x = self._run_nhwc(x, steps[i:j])
+            else:
+                j = i + 1
+                x = super().conv_chain(x, steps[i:j])
+            i = j
+        return x
+
+    @staticmethod
+    def _nhwc_run(shape: tuple[int, ...], steps: Sequence[tuple[Any, ...]], i: int) -> int:
+        """The end of the channels-last run that starts at step ``i`` (``i``: none)."""
+        j, after_conv = i, False
+        while j < len(steps) and len(shape) == 4:
+            st = steps[j]
+            if st[0] == "conv":
+                w, b = st[1], st[2]
+                if shape[1] * int(w.shape[3]) < NHWC_MIN_RUN:
+                    break
+                bs = None if b is None else tuple(b.shape)
+                dims = check_conv(shape, tuple(w.shape), bs, st[3], st[4])
+                shape, after_conv = (shape[0], int(w.shape[0]), dims[6], dims[7]), True
+            elif st[0] == "maxpool" and after_conv and _pair(st[3], "padding") == (0, 0):
+                dims = geometry(shape, st[1], st[2], st[3], "maxpool2d")
+                shape, after_conv = (*shape[:2], dims[6], dims[7]), False
+            else:
+                break
+            j += 1
+        return j
+
+    def _run_nhwc(self, x: np.ndarray, steps: Sequence[tuple[Any, ...]]) -> np.ndarray:
+        """One channels-last run (see :meth:`conv_chain`): ``(conv, max-pool or None)``
+        blocks, each writing into the next one's padded input (two per-thread buffers,
+        alternating), the last into a new (N, F, OH, OW) array."""
+        blocks: list[list[Any]] = []
+        for st in steps:
+            if st[0] == "conv":
+                blocks.append([st, None])
+            else:
+                blocks[-1][1] = st
+        dt = np.result_type(x.dtype, *(blk[0][1].dtype for blk in blocks))
+        shape = tuple(int(d) for d in x.shape)
+        n = shape[0]
+        src: np.ndarray | None = None
+        dst: np.ndarray = x
+        for bi, (cst, pst) in enumerate(blocks):
+            _, w, b, stride, padding, act = cst
+            g = _Geo(
+                shape, tuple(w.shape), check_conv(shape, tuple(w.shape), None, stride, padding)
+            )
+            if src is None:
+                src = self._channels_last(x, g, dt)
+            wm = self._weights(w, g, dt)
+            bias = None if b is None else b.astype(dt, copy=False)
+            oh, ow = g.oh, g.ow
+            if pst is not None:
+                pkh, pkw, psh, psw, _, _, oh, ow = geometry(
+                    (n, g.f, g.oh, g.ow), pst[1], pst[2], pst[3], "maxpool2d"
+                )
+            last = bi == len(blocks) - 1
+            if last:
+                dst = np.empty((n, g.f, oh, ow), dt)
+                nph = npw = 0
+            else:
+                nph, npw = _pair(blocks[bi + 1][0][4], "padding")
+                dst = self._padded_nhwc(f"chain{bi % 2}", (n, oh, ow, g.f), nph, npw, dt)
+            for n0, m in g.chunks():
+                cols = self._gather(src, g, n0, m, dt)
+                t = self._buf("prod", m * g.l * g.f, dt).reshape(m * g.l, g.f)
+                np.dot(cols, wm, out=t)
+                if bias is not None:
+                    t += bias
+                if act is not None:
+                    self.activate(act, t, True)
+                y4 = t.reshape(m, g.oh, g.ow, g.f)
+                if pst is not None:
+                    y4 = _maxpool_nhwc(y4, pkh, pkw, psh, psw, oh, ow)
+                if last:
+                    np.copyto(dst[n0 : n0 + m], y4.transpose(0, 3, 1, 2))
+                else:
+                    np.copyto(dst[n0 : n0 + m, nph : nph + oh, npw : npw + ow], y4)
+            src, shape = dst, (n, g.f, oh, ow)
+        return dst
+
+    def _padded_nhwc(
+        self, key: str, shape: tuple[int, int, int, int], ph: int, pw: int, dt: np.dtype[Any]
+    ) -> np.ndarray:
+        """This thread's ``key`` buffer as (N, H+2ph, W+2pw, C) with zero borders (its
+        interior is for the caller to fill)."""
+        n, h, w, c = shape
+        hp, wp = h + 2 * ph, w + 2 * pw
+        a = self._buf(key, n * hp * wp * c, dt).reshape(n, hp, wp, c)
+        if ph:
+            a[:, :ph] = 0
+            a[:, ph + h :] = 0
+        if pw:
+            a[:, ph : ph + h, :pw] = 0
+            a[:, ph : ph + h, pw + w :] = 0
+        return a
 
     # -- pooling ------------------------------------------------------------------
     def maxpool2d(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> tuple[Any, Any]:

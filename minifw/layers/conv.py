@@ -145,6 +145,10 @@ class Conv2D(Module):
             y = self.xp.reshape(y, tuple(y.shape[1:]))
         return y
 
+    def _chain_step(self, act: str | None = None) -> tuple[Any, ...]:
+        """This layer with ``act`` after it as a step of the backend's ``conv_chain``."""
+        return ("conv", self.weight, self.bias, self.stride, self.padding, act)
+
     def _backward(self, grad: Any, need_input_grad: bool) -> Any:
         x = self._need_cache(self._x)
         oh, ow = spatial_out(self._where(), x.shape, self.kernel_size, self.stride, self.padding)

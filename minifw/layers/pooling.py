@@ -125,6 +125,10 @@ class MaxPool2D(_Pool2D):
             return b.maxpool2d_values(x, k, s, p), None
         return b.maxpool2d(x, k, s, p)  # type: ignore[no-any-return]
 
+    def _chain_step(self) -> tuple[Any, ...]:
+        """This layer as a step of the backend's ``conv_chain`` (inference)."""
+        return ("maxpool", self.kernel_size, self.stride, self.padding)
+
     def _unpool(self, grad: Any, keep: Any, x_shape: tuple[int, ...]) -> Any:
         return self._b.maxpool2d_backward(
             grad, keep, x_shape, self.kernel_size, self.stride, self.padding
