@@ -105,6 +105,8 @@ class _Scratch(threading.local):
 
     def __init__(self) -> None:
         self.bufs: dict[str, np.ndarray] = {}
+        #: per buffer key: (geometry, id of the buffer) whose borders are zero
+        self.zeroed: dict[str, tuple[Any, int]] = {}
 
 
 class _Geo:
@@ -150,15 +152,8 @@ class NumpyConvOps(ConvOps):
 
     def _channels_last(self, x: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
         """``x`` (N, C, H, W) as a zero-padded channels-last (N, H+2ph, W+2pw, C) copy."""
-        n, c, h, w, ph, pw = g.n, g.c, g.h, g.w, g.ph, g.pw
-        hp, wp = h + 2 * ph, w + 2 * pw
-        xh = self._buf("in", n * hp * wp * c, dt).reshape(n, hp, wp, c)
-        if ph:
-            xh[:, :ph] = 0
-            xh[:, ph + h :] = 0
-        if pw:
-            xh[:, ph : ph + h, :pw] = 0
-            xh[:, ph : ph + h, pw + w :] = 0
+        h, w, ph, pw = g.h, g.w, g.ph, g.pw
+        xh = self._padded_nhwc("in", (g.n, h, w, g.c), ph, pw, dt)
         np.copyto(xh[:, ph : ph + h, pw : pw + w], x.transpose(0, 2, 3, 1), casting="same_kind")
         return xh
 
@@ -417,10 +412,18 @@ class NumpyConvOps(ConvOps):
         self, key: str, shape: tuple[int, int, int, int], ph: int, pw: int, dt: np.dtype[Any]
     ) -> np.ndarray:
         """This thread's ``key`` buffer as (N, H+2ph, W+2pw, C) with zero borders (its
-        interior is for the caller to fill)."""
+        interior is for the caller to fill; callers never write the borders, so a buffer
+        that got them for this very geometry last time is not zeroed again)."""
         n, h, w, c = shape
         hp, wp = h + 2 * ph, w + 2 * pw
         a = self._buf(key, n * hp * wp * c, dt).reshape(n, hp, wp, c)
+        tls = self._conv_tls
+        base = None if tls is None else tls.bufs.get(key)
+        if tls is not None and base is not None and a.base is base:  # the kept buffer
+            mark = ((shape, ph, pw), id(base))
+            if tls.zeroed.get(key) == mark:
+                return a
+            tls.zeroed[key] = mark
         if ph:
             a[:, :ph] = 0
             a[:, ph + h :] = 0
