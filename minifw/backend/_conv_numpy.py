@@ -16,7 +16,8 @@
     runs of ``OW``, with one GEMM ``(F, K) @ (K, OH*OW)`` per image.
 
   Float32 stays float32 throughout (no float64 detour).
-* ``conv2d_backward``: ``dw`` and ``db`` accumulate over the same chunks (one GEMM each);
+* ``conv2d_backward``: ``dw`` accumulates over the same chunks (one GEMM per image on
+  ``grad`` as it is, summed);
   at stride 1, ``dx`` is the convolution of ``grad`` with the flipped, transposed kernel
   (``conv2d`` again, padded by ``kh-1-ph``); at other strides each chunk's
   ``dcols = w^T @ grad`` is added back onto the padded input grid (col2im: ``kh*kw``
@@ -257,15 +258,15 @@ class NumpyConvOps(ConvOps):
         g3 = grad.reshape(g.n, g.f, g.l)
         src = self._source(x, g, dt)
         dwm = np.zeros((g.f, g.k), dt)  # columns (i, j, c) channels-last, else (c, i, j)
-        db = np.zeros(g.f, dt)
-        part = np.empty((g.f, g.k), dt)
         for n0, m in g.chunks():
-            gt = self._buf("grad", g.f * m * g.l, dt).reshape(g.f, m * g.l)
-            np.copyto(gt.reshape(g.f, m, g.l), g3[n0 : n0 + m].transpose(1, 0, 2))
-            db += gt.sum(axis=1)
             cols = self._gather(src, g, n0, m, dt)
-            np.dot(gt, cols if g.nhwc else cols.T, out=part)
-            dwm += part
+            # per image (F, L) @ (L, K), on grad as it is (no transposed copy), then summed
+            if g.nhwc:
+                per = cols.reshape(m, g.l, g.k)
+            else:
+                per = cols.reshape(g.k, m, g.l).transpose(1, 2, 0)
+            dwm += np.matmul(g3[n0 : n0 + m], per, dtype=dt).sum(axis=0)
+        db = g3.sum(axis=2, dtype=dt).sum(axis=0)
         if g.nhwc:
             dw = np.ascontiguousarray(dwm.reshape(g.f, g.kh, g.kw, g.c).transpose(0, 3, 1, 2))
         else:
