@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 from typing import Any
 
-from ._util import ForkGate
+from ._workers import FORK_GATE, claim, pool, release
 from .errors import ShapeError
 from .layers.activations import Identity, _Activation
 from .layers.flatten import Flatten
@@ -274,16 +273,16 @@ def _run_chunks(backend: Any, nchunks: int, threads: int, one: Any, prepare: Any
             one(i)
 
     with backend.parallel_section():
-        got = _claim(threads)
+        got = claim(threads)
         try:
-            futures = [_pool(threads - 1).submit(work) for _ in range(got - 1)]
+            futures = [pool(threads - 1).submit(work) for _ in range(got - 1)]
             try:
                 work()
             finally:
                 for f in futures:
                     f.result()
         finally:
-            _release(got)
+            release(got)
 
 
 class _Layer:
@@ -620,70 +619,6 @@ def explain(model: Any) -> str:
     if plan is None:
         plan = model._plan = Plan(model)
     return plan.describe()
-
-
-# -- the worker threads ----------------------------------------------------------------------
-
-_pool_lock = threading.Lock()
-_executor: Any = None
-_executor_size = 0
-
-
-#: Held by every plan run; ``os.fork()`` waits until no other thread holds it.
-FORK_GATE = ForkGate()
-_busy_lock = threading.Lock()
-_busy = 0  # threads running chunks (callers and workers), all concurrent plan runs together
-
-
-def _claim(want: int) -> int:
-    """How many threads (the caller included, at least 1) a chunked run may use now: what
-    the concurrent runs leave of ``want``. The others' chunks already keep the cores busy,
-    so a caller that gets 1 runs its chunks on its own thread instead of queueing behind
-    them on the pool; the chunks are the same, so the bits are too."""
-    global _busy
-    with _busy_lock:
-        got = max(1, min(want, want - _busy))
-        _busy += got
-        return got
-
-
-def _release(got: int) -> None:
-    global _busy
-    with _busy_lock:
-        _busy -= got
-
-
-def _after_fork_in_child() -> None:
-    """A forked child has none of the parent's threads: start afresh (a stale pool would
-    accept work that no thread ever runs)."""
-    global _executor, _executor_size, _pool_lock, _busy_lock, _busy
-    _executor, _executor_size = None, 0
-    _pool_lock = threading.Lock()
-    _busy_lock, _busy = threading.Lock(), 0
-    FORK_GATE.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=FORK_GATE.before_fork,
-        after_in_parent=FORK_GATE.after_fork,
-        after_in_child=_after_fork_in_child,
-    )
-
-
-def _pool(size: int) -> Any:
-    """A shared pool of worker threads (grown when more are asked for)."""
-    global _executor, _executor_size
-    with _pool_lock:
-        if _executor is None or _executor_size < size:
-            from concurrent.futures import ThreadPoolExecutor
-
-            old = _executor
-            _executor = ThreadPoolExecutor(size, thread_name_prefix="minifw")
-            _executor_size = size
-            if old is not None:
-                old.shutdown(wait=False)
-        return _executor
 
 
 SERVICES["compile_plan"] = Plan

@@ -298,7 +298,8 @@ def fit(
     back = list(range(len(body) - 1, first - 1, -1))
     xbuf = b.empty((min(batch_size, n), *X.shape[1:]), X.dtype) if b.mutable else None
     slots = list(model.named_parameter_slots())
-    section = b.whole_section()
+    # layers whose training work is mostly outside BLAS: the engine may split the step
+    section = b.train_section(any(getattr(m, "_batch_parallel", False) for m in model.modules()))
     lock = _fit_lock(model)
     if not lock.acquire(blocking=False):
         raise RuntimeError(
@@ -328,7 +329,7 @@ def fit(
                         yb = b.take_rows(T.y, idx)
                         cb = b.take_rows(T.cls, idx) if T.cls is not None else None
                         owned = True
-                    with section:  # BLAS as the user set it, whatever other threads do
+                    with section:  # the engine's threads, whatever other threads do
                         h = xb
                         for m in body:
                             h, owned = m._forward(h, owned, True)

@@ -242,11 +242,21 @@ def _pair_of_nets() -> tuple[mf.Sequential, Any]:
         ("adam", dict(lr=0.01)),
     ],
 )
-def test_training_matches_pytorch_exactly(opt: tuple[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("split", [False, True])
+def test_training_matches_pytorch_exactly(
+    opt: tuple[str, dict[str, Any]], split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``split``: every operation of the step split over the batch on 3 threads (NumPy's
+    training sections; the sizes here are below the usual threshold)."""
     import torch
+
+    from minifw.backend import _split
 
     name, kw = opt
     model, tnet = _pair_of_nets()
+    if split:
+        monkeypatch.setattr(_split, "MIN_SPLIT_ELEMS", 1)
+        monkeypatch.setattr(model.backend, "max_threads", 3)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 1, 8, 8))
     y = rng.integers(0, 5, 96)

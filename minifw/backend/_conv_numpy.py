@@ -36,6 +36,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
+from . import _split
 from ._conv import ConvOps, Size2, _pair, check_conv, check_grad, geometry
 
 #: elements of one chunk's im2col matrix (at least one image per chunk)
@@ -216,6 +217,15 @@ class NumpyConvOps(ConvOps):
                 f"conv2d: out must be a C-contiguous {dt} array of shape "
                 f"{(g.n, g.f, g.oh, g.ow)}, got {out.dtype} {out.shape}"
             )
+        p = _split.parts(g.n, g.n * g.k * g.l)
+        if p > 1:  # a training step: a range of images per thread
+            y = out
+            _split.run(
+                g.n,
+                p,
+                lambda a, e: self.conv2d(x[a:e], w, b, stride, padding, act, out=y[a:e]),
+            )
+            return out
         src = self._source(x, g, dt)
         wm = self._weights(w, g, dt)
         bias = None if b is None else b.astype(dt, copy=False).reshape(g.f, 1)
@@ -256,16 +266,18 @@ class NumpyConvOps(ConvOps):
         check_grad(tuple(grad.shape), (g.n, g.f, g.oh, g.ow), "conv2d_backward")
         dt = np.result_type(x.dtype, w.dtype, grad.dtype)
         g3 = grad.reshape(g.n, g.f, g.l)
-        src = self._source(x, g, dt)
-        dwm = np.zeros((g.f, g.k), dt)  # columns (i, j, c) channels-last, else (c, i, j)
-        for n0, m in g.chunks():
-            cols = self._gather(src, g, n0, m, dt)
-            # per image (F, L) @ (L, K), on grad as it is (no transposed copy), then summed
-            if g.nhwc:
-                per = cols.reshape(m, g.l, g.k)
-            else:
-                per = cols.reshape(g.k, m, g.l).transpose(1, 2, 0)
-            dwm += np.matmul(g3[n0 : n0 + m], per, dtype=dt).sum(axis=0)
+        p = _split.parts(g.n, g.n * g.k * g.l)
+        if p > 1:  # a training step: each thread sums dw over its range of images
+            partial: dict[int, np.ndarray] = {}
+
+            def one(a: int, e: int) -> None:
+                ga = _Geo((e - a, g.c, g.h, g.w), tuple(w.shape), dims)
+                partial[a] = self._dw(self._source(x[a:e], ga, dt), g3[a:e], ga, dt)
+
+            _split.run(g.n, p, one)
+            dwm = sum((partial[a] for a in sorted(partial)), np.zeros((g.f, g.k), dt))
+        else:
+            dwm = self._dw(self._source(x, g, dt), g3, g, dt)
         db = g3.sum(axis=2, dtype=dt).sum(axis=0)
         if g.nhwc:
             dw = np.ascontiguousarray(dwm.reshape(g.f, g.kh, g.kw, g.c).transpose(0, 3, 1, 2))
@@ -277,6 +289,20 @@ class NumpyConvOps(ConvOps):
         if g.sh == 1 and g.sw == 1:
             return self._dx_stride1(grad, w, g, dt), dw, db
         return self._dx_col2im(g3, w, g, dt), dw, db
+
+    def _dw(self, src: np.ndarray, g3: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
+        """``dw`` as ``(F, K)`` (columns ``(i, j, c)`` channels-last, else ``(c, i, j)``):
+        per chunk, one GEMM per image ``(F, L) @ (L, K)`` on ``grad`` as it is (no
+        transposed copy), summed."""
+        dwm = np.zeros((g.f, g.k), dt)
+        for n0, m in g.chunks():
+            cols = self._gather(src, g, n0, m, dt)
+            if g.nhwc:
+                per = cols.reshape(m, g.l, g.k)
+            else:
+                per = cols.reshape(g.k, m, g.l).transpose(1, 2, 0)
+            dwm += np.matmul(g3[n0 : n0 + m], per, dtype=dt).sum(axis=0)
+        return dwm
 
     def _dx_stride1(self, grad: np.ndarray, w: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> Any:
         """``dx`` at stride 1: the full correlation of ``grad`` with the flipped, transposed
@@ -437,6 +463,17 @@ class NumpyConvOps(ConvOps):
     def maxpool2d(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> tuple[Any, Any]:
         """As :meth:`ConvOps.maxpool2d` (argmax: int32 window index ``i*kw + j``, first max)."""
         kh, kw, sh, sw, ph, pw, oh, ow = geometry(x.shape, kernel, stride, padding, "maxpool2d")
+        n = int(x.shape[0])
+        p = _split.parts(n, x.size)
+        if p > 1:  # a training step: a range of samples per thread
+            y = np.empty((n, x.shape[1], oh, ow), x.dtype)
+            am = np.empty(y.shape, np.int32)
+
+            def one(a: int, e: int) -> None:
+                y[a:e], am[a:e] = self.maxpool2d(x[a:e], kernel, stride, padding)
+
+            _split.run(n, p, one)
+            return y, am
         xp_ = _padded(x, ph, pw, float("-inf"))
         if kh == 2 and kw == 2:
             return _maxpool_2x2(xp_, sh, sw, oh, ow)
@@ -477,6 +514,17 @@ class NumpyConvOps(ConvOps):
         n, c, h, w = x_shape
         check_grad(tuple(grad.shape), (n, c, oh, ow), "maxpool2d_backward")
         check_grad(tuple(argmax.shape), (n, c, oh, ow), "maxpool2d_backward (argmax)")
+        p = _split.parts(n, n * c * h * w)
+        if p > 1:  # a training step: a range of samples per thread
+            dx = np.empty(x_shape, grad.dtype)
+
+            def one(a: int, e: int) -> None:
+                dx[a:e] = self.maxpool2d_backward(
+                    grad[a:e], argmax[a:e], (e - a, c, h, w), kernel, stride, padding
+                )
+
+            _split.run(n, p, one)
+            return dx
         dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad.dtype)
         mask = np.empty(grad.shape, dtype=bool)
         disjoint = sh >= kh and sw >= kw

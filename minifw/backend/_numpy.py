@@ -10,7 +10,10 @@ NumPy does faster still.
   a transposed copy (see :meth:`NumpyBackend._softmax_narrow`).
 * convolution as im2col + one GEMM, pooling on windowed views (:mod:`._conv_numpy`);
 * ``threads``: the inference plan runs chunks of a large batch on every core, with BLAS
-  held to one thread per call (``parallel_section``).
+  held to one thread per call (``parallel_section``);
+* ``train_section(split=True)`` (``fit`` of a model with convolutions, pools or
+  BatchNorm): BLAS on one thread, and the step's heavy operations (convolution, pooling,
+  BatchNorm, ReLU, Dense) split over the batch on every core (see :mod:`._split`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import numpy as np
 
 from .._util import Once, cores
 from ..errors import BackendError
-from . import _gemm
+from . import _gemm, _split
 from ._conv_numpy import NumpyConvOps
-from ._ufunc import UfuncBackend
+from ._ufunc import UfuncBackend, _rows
 
 _F32, _F64 = np.dtype("float32"), np.dtype("float64")
 # keyed by name and by dtype object: one dict lookup on the hot path, no dtype.name
@@ -34,6 +37,9 @@ _FLOATS: dict[Any, np.dtype[Any]] = {"float32": _F32, "float64": _F64, _F32: _F3
 
 #: Softmax rows at most this wide take the transposed path.
 NARROW_SOFTMAX = 32
+#: A Dense GEMM of rows x in x out multiply-adds counts as (that / GEMM_WORK) elements of
+#: work when a training step decides whether to split it (see :mod:`._split`).
+GEMM_WORK = 32
 #: The environment variable that caps the inference plan's threads.
 THREADS_ENV = "MINIFW_NUM_THREADS"
 
@@ -98,6 +104,11 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
                 return self.softmax(y, True)
             return self.activate(act, y, True)
         rows = x.size // n_in if n_in else 0
+        p = _split.parts(rows, rows * n_in * n_out // GEMM_WORK)
+        if p > 1 and x.ndim == 2:  # a training step: a range of rows per thread
+            y = out if out is not None else np.empty((rows, n_out), np.result_type(x, w))
+            _split.run(rows, p, lambda a, e: self.linear(x[a:e], w, b, y[a:e], act))
+            return y
         if b is not None and rows * n_out >= _gemm.MIN_ELEMS and x.dtype == w.dtype:
             # the bias first, then one GEMM adds x @ W to it (-(b + xW) before a sigmoid:
             # negation is exact, so the same bits as negating afterwards)
@@ -210,6 +221,167 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
 
     def whole_section(self) -> Any:
         return self._blas.wide
+
+    def train_section(self, split: bool = False) -> Any:
+        """One training step. With ``split`` and more than one thread: BLAS on one thread,
+        the step's heavy operations split over the batch on :meth:`threads` threads (see
+        :mod:`._split`); otherwise the :meth:`whole_section` (BLAS as the user set it:
+        faster for a model of Dense layers, whose work is all in BLAS)."""
+        t = self.threads()
+        if split and t > 1:
+            return _split.TrainSection(self._blas.narrow, t)
+        return self._blas.wide
+
+    # -- split over the batch in a training step ----------------------------------------
+    def linear_backward(
+        self, x: Any, w: Any, g: Any, grads: dict[str, Any], bias: bool, need_dx: bool
+    ) -> Any:
+        n_in, n_out = w.shape
+        rows = x.size // n_in if n_in else 0
+        p = _split.parts(rows, rows * n_in * n_out // GEMM_WORK)
+        if p == 1:
+            return super().linear_backward(x, w, g, grads, bias, need_dx)
+        x2, g2 = x.reshape(rows, n_in), g.reshape(rows, n_out)
+        dx = np.empty((rows, n_in), np.result_type(g, w)) if need_dx else None
+        partial: dict[int, tuple[Any, Any]] = {}
+
+        def one(a: int, e: int) -> None:  # this range's share of dw and db, and its dx rows
+            partial[a] = (x2[a:e].T @ g2[a:e], g2[a:e].sum(axis=0) if bias else None)
+            if dx is not None:
+                np.matmul(g2[a:e], w.T, out=dx[a:e])
+
+        _split.run(rows, p, one)
+        order = [partial[a] for a in sorted(partial)]  # a fixed order: the same bits
+        dw = grads.get("weight")
+        if dw is None or dw.dtype != order[0][0].dtype or dw.shape != w.shape:
+            dw = grads["weight"] = np.empty(w.shape, order[0][0].dtype)
+        np.copyto(dw, order[0][0])
+        for pw, _ in order[1:]:
+            dw += pw
+        if bias:
+            db = grads.get("bias")
+            if db is None or db.dtype != order[0][1].dtype or db.shape != (n_out,):
+                db = grads["bias"] = np.empty(n_out, order[0][1].dtype)
+            np.copyto(db, order[0][1])
+            for _, pb in order[1:]:
+                db += pb
+        return None if dx is None else dx.reshape(*g.shape[:-1], n_in)
+
+    def batchnorm_train(
+        self,
+        x: Any,
+        gamma: Any,
+        beta: Any,
+        running_mean: Any,
+        running_var: Any,
+        momentum: float,
+        eps: float,
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        n = int(x.shape[0]) if x.ndim else 0
+        p = _split.parts(n, x.size)
+        rows = _rows(x)
+        if p == 1 or rows is None:
+            return super().batchnorm_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+        # as UfuncBackend's, in three split passes: per-channel sums, x - mean and the
+        # squares' sums, then the scale and shift; partial sums added in a fixed order
+        _, shape = self._bn_axes(x)
+        c = int(x.shape[1])
+        m = x.size // c
+        sums: dict[int, Any] = {}
+
+        def total(parts: dict[int, Any]) -> Any:
+            order = [parts[a] for a in sorted(parts)]
+            return sum(order[1:], order[0])
+
+        def channel_sums(a: int, e: int) -> None:
+            sums[a] = rows[a * c : e * c].sum(axis=1).reshape(e - a, c).sum(axis=0)
+
+        _split.run(n, p, channel_sums)
+        mean = (total(sums) / m).reshape(shape)
+        xhat = np.empty_like(x)
+        xrows = xhat.reshape(rows.shape)
+        squares: dict[int, Any] = {}
+
+        def centre(a: int, e: int) -> None:
+            np.subtract(x[a:e], mean, out=xhat[a:e])
+            r = xrows[a * c : e * c]
+            squares[a] = np.einsum("ij,ij->i", r, r).reshape(e - a, c).sum(axis=0)
+
+        _split.run(n, p, centre)
+        var = (total(squares) / m).reshape(shape)
+        inv_std = np.sqrt(var + eps)
+        np.divide(1.0, inv_std, out=inv_std)
+        y = np.empty_like(xhat)
+        g_, b_ = gamma.reshape(shape), beta.reshape(shape)
+
+        def scale(a: int, e: int) -> None:
+            xhat[a:e] *= inv_std
+            np.multiply(xhat[a:e], g_, out=y[a:e])
+            y[a:e] += b_
+
+        _split.run(n, p, scale)
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean.reshape(-1)
+        running_var *= 1.0 - momentum
+        running_var += (momentum * m / (m - 1)) * var.reshape(-1)
+        return y, xhat, inv_std, running_mean, running_var
+
+    def batchnorm_backward(
+        self, g: Any, xhat: Any, inv_std: Any, gamma: Any, need_dx: bool
+    ) -> tuple[Any | None, Any, Any]:
+        n = int(g.shape[0]) if g.ndim else 0
+        p = _split.parts(n, g.size)
+        rows, xrows = _rows(g), _rows(xhat)
+        if p == 1 or rows is None or xrows is None:
+            return super().batchnorm_backward(g, xhat, inv_std, gamma, need_dx)
+        _, shape = self._bn_axes(g)
+        c = int(g.shape[1])
+        sums: dict[int, tuple[Any, Any]] = {}
+
+        def reduce(a: int, e: int) -> None:
+            r, xr = rows[a * c : e * c], xrows[a * c : e * c]
+            dg = np.einsum("ij,ij->i", r, xr).reshape(e - a, c).sum(axis=0)
+            sums[a] = (dg, r.sum(axis=1).reshape(e - a, c).sum(axis=0))
+
+        _split.run(n, p, reduce)
+        order = [sums[a] for a in sorted(sums)]
+        dgamma = sum((o[0] for o in order[1:]), order[0][0])
+        dbeta = sum((o[1] for o in order[1:]), order[0][1])
+        if not need_dx:
+            return None, dgamma, dbeta
+        m = g.size // c
+        k1, k2 = (dgamma / -m).reshape(shape), (dbeta / m).reshape(shape)
+        k3 = inv_std * gamma.reshape(shape)
+        dx = np.empty(g.shape, np.result_type(xhat, k1))
+
+        def grad_in(a: int, e: int) -> None:
+            t = dx[a:e]
+            np.multiply(xhat[a:e], k1, out=t)
+            t += g[a:e]
+            t -= k2
+            t *= k3
+
+        _split.run(n, p, grad_in)
+        return dx, dgamma, dbeta
+
+    def relu(self, x: Any, inplace: bool = False) -> Any:
+        n = int(x.shape[0]) if x.ndim > 1 else 1
+        p = _split.parts(n, x.size)
+        if p == 1:
+            return super().relu(x, inplace)
+        out = x if inplace else np.empty_like(x)
+        zero = self.zero_for(x)
+        _split.run(n, p, lambda a, e: np.maximum(x[a:e], zero, out=out[a:e]))
+        return out
+
+    def relu_backward(self, y: Any, g: Any) -> Any:
+        n = int(g.shape[0]) if g.ndim > 1 else 1
+        p = _split.parts(n, g.size)
+        if p == 1:
+            return super().relu_backward(y, g)
+        out = np.empty_like(g)
+        _split.run(n, p, lambda a, e: np.multiply(g[a:e], y[a:e] > 0, out=out[a:e]))
+        return out
 
 
 def _read_threads_env() -> int | None:

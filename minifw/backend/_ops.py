@@ -405,5 +405,13 @@ class Ops(ConvOps):
 
         return contextlib.nullcontext()
 
+    def train_section(self, split: bool = False) -> Any:
+        """A context manager entered around one training step (``fit``): here the
+        :meth:`whole_section`. With ``split`` (the model has layers whose training work is
+        mostly outside BLAS: convolutions, pools, BatchNorm), NumPy instead holds BLAS to
+        one thread and splits each heavy operation of the step over the batch on
+        :meth:`threads` threads."""
+        return self.whole_section()
+
 
 __all__ = ["ACTIVATIONS", "SCRATCH", "Ops"]

@@ -45,6 +45,7 @@ class BatchNorm(Module):
     running_mean: Any
     running_var: Any
     _rowwise = True  # in eval mode (the only mode the inference plan runs)
+    _batch_parallel = True  # elementwise passes: worth splitting over the batch in training
 
     def __init__(
         self,

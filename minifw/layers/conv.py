@@ -76,6 +76,8 @@ class Conv2D(Module):
     weight: Any
     bias: Any  # None when built with bias=False
     _rowwise = True  # eval mode: each sample's output depends on that sample only
+    #: its training work is mostly outside BLAS (gathers): worth splitting over the batch
+    _batch_parallel = True
 
     def __init__(
         self,

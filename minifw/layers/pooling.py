@@ -16,6 +16,7 @@ class _Pool2D(Module):
 
     op = ""
     _rowwise = True  # eval mode: each sample's output depends on that sample only
+    _batch_parallel = True  # windowed passes: worth splitting over the batch in training
 
     def __init__(
         self,

@@ -1,0 +1,179 @@
+"""NumPy's training step split over the batch (``Backend.train_section(split=True)``): with
+BLAS on one thread, each heavy operation runs on ranges of samples on several threads. The
+results equal the whole operations' (to rounding: partial sums are added in a fixed order),
+a step gives the same bits run after run and next to concurrent predicts, and ``fit``
+splits only models with layers whose training work is mostly outside BLAS."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+import minifw as mf
+from minifw import _workers
+from minifw.backend import _split
+
+
+@pytest.fixture
+def split3(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The NumPy backend with 3 threads, every operation big enough to split, and a record
+    of the splits: ``(samples, parts)``."""
+    b = mf.backend.get("numpy")
+    monkeypatch.setattr(b, "max_threads", 3)
+    monkeypatch.setattr(_split, "MIN_SPLIT_ELEMS", 1)
+    seen: list[tuple[int, int]] = []
+    orig = _workers.split
+
+    def spy(n: int, parts: int, fn: Any) -> None:
+        seen.append((n, parts))
+        orig(n, parts, fn)
+
+    monkeypatch.setattr(_workers, "split", spy)
+    return b, seen
+
+
+def _ops(b: Any, dtype: Any, rng: Any) -> dict[str, Any]:
+    """Every operation that splits, on 7 samples (3 parts of 2, 2 and 3)."""
+    f = lambda *shape: rng.standard_normal(shape).astype(dtype)  # noqa: E731
+    out: dict[str, Any] = {}
+    x = f(7, 6, 9, 8)
+    for name, w, stride, pad in (
+        ("nhwc", f(5, 6, 3, 3), 1, 1),  # channels-last gathers
+        ("nchw", f(4, 6, 1, 1), 1, 0),  # channels-first gathers (C*kw < 8)
+        ("strided", f(4, 6, 3, 2), (2, 1), (1, 0)),  # dx by col2im
+    ):
+        y = b.conv2d(x, w, f(w.shape[0]), stride, pad, "relu")
+        g = f(*y.shape)
+        out[f"conv {name}"] = y
+        for k, v in zip(("dx", "dw", "db"), b.conv2d_backward(g, x, w, stride, pad), strict=True):
+            out[f"conv {name} {k}"] = v
+    y, am = b.maxpool2d(x, 2, 2, 0)
+    out["maxpool"], out["maxpool argmax"] = y, am
+    out["maxpool dx"] = b.maxpool2d_backward(f(*y.shape), am, x.shape, 2, 2, 0)
+    y3, am3 = b.maxpool2d(x, 3, 2, 1)  # overlapping windows, padding
+    out["maxpool3 dx"] = b.maxpool2d_backward(f(*y3.shape), am3, x.shape, 3, 2, 1)
+    out["relu"] = b.relu(x)
+    out["relu inplace"] = b.relu(x.copy(), True)
+    out["relu dx"] = b.relu_backward(out["relu"], f(*x.shape))
+    rm, rv = np.zeros(6, dtype), np.ones(6, dtype)
+    y, xhat, inv_std, rm, rv = b.batchnorm_train(x, f(6), f(6), rm, rv, 0.1, 1e-5)
+    out.update({"bn y": y, "bn xhat": xhat, "bn inv_std": inv_std, "bn rm": rm, "bn rv": rv})
+    for k, v in zip(
+        ("dx", "dgamma", "dbeta"),
+        b.batchnorm_backward(f(*x.shape), xhat, inv_std, f(6), True),
+        strict=True,
+    ):
+        out[f"bn {k}"] = v
+    xd, wd = f(7, 40), f(40, 12)
+    out["linear"] = b.linear(xd, wd, f(12), None, "relu")
+    grads: dict[str, Any] = {}
+    out["linear dx"] = b.linear_backward(xd, wd, f(7, 12), grads, True, True)
+    out["linear dw"], out["linear db"] = grads["weight"], grads["bias"]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_split_operations_equal_the_whole_ones(split3: Any, dtype: Any) -> None:
+    b, seen = split3
+    whole = _ops(b, dtype, np.random.default_rng(0))
+    assert not seen  # outside a training section nothing splits
+    with b.train_section(split=True):
+        parts = _ops(b, dtype, np.random.default_rng(0))
+    assert seen and all(s == (7, 3) for s in seen), seen
+    assert len(seen) >= 17
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for k, ref in whole.items():
+        got = parts[k]
+        assert got.dtype == ref.dtype, k
+        assert got.shape == ref.shape, k
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol, err_msg=k)
+
+
+def test_without_split_or_threads_nothing_splits(split3: Any) -> None:
+    b, seen = split3
+    with b.train_section(split=False):
+        _ops(b, np.float32, np.random.default_rng(1))
+    b.max_threads = 1
+    with b.train_section(split=True):
+        _ops(b, np.float32, np.random.default_rng(1))
+    assert not seen
+
+
+def _cnn(seed: int = 0) -> mf.Sequential:
+    mf.seed(seed)
+    return mf.Sequential(
+        # no bias before BatchNorm: its gradient is rounding noise, which Adam amplifies
+        mf.Conv2D(1, 6, 3, padding=1, bias=False, dtype="float64"),
+        mf.BatchNorm(6, dtype="float64"),
+        mf.ReLU(),
+        mf.MaxPool2D(2),
+        mf.Conv2D(6, 8, 3, dtype="float64"),
+        mf.ReLU(),
+        mf.Flatten(),
+        mf.Dense(8 * 4 * 4, 5, dtype="float64"),
+        mf.Softmax(),
+    )
+
+
+def _fit(model: mf.Sequential, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    model.fit(x, y, optimizer=mf.optim.Adam(lr=0.01), epochs=2, batch_size=20, seed=3,
+              progress=False)  # fmt: skip
+    return {k: np.array(v) for k, v in model.state_dict().items()}
+
+
+def test_fit_splits_conv_models_reproducibly(split3: Any) -> None:
+    b, seen = split3
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((60, 1, 12, 12)), rng.integers(0, 5, 60)
+    first = _fit(_cnn(), x, y)
+    assert seen  # the step was split
+    again = _fit(_cnn(), x, y)
+    for k in first:
+        np.testing.assert_array_equal(again[k], first[k], err_msg=k)
+    b.max_threads = 1  # whole operations, BLAS as the user set it
+    seen.clear()
+    whole = _fit(_cnn(), x, y)
+    assert not seen
+    for k in first:
+        np.testing.assert_allclose(whole[k], first[k], rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+def test_fit_does_not_split_dense_models(split3: Any) -> None:
+    _, seen = split3
+    mf.seed(0)
+    model = mf.Sequential(mf.Dense(10, 16), mf.ReLU(), mf.Dense(16, 3), mf.Softmax())
+    rng = np.random.default_rng(1)
+    model.fit(rng.standard_normal((64, 10)), rng.integers(0, 3, 64), epochs=1, batch_size=32,
+              progress=False)  # fmt: skip
+    assert not seen
+
+
+def test_split_fit_gives_its_bits_next_to_concurrent_predicts(split3: Any) -> None:
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((60, 1, 12, 12)), rng.integers(0, 5, 60)
+    alone = _fit(_cnn(), x, y)
+    other = _cnn(1)
+    xs = rng.standard_normal((500, 1, 12, 12))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def predicts() -> None:
+        try:
+            while not stop.is_set():
+                other.predict(xs)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=predicts)
+    t.start()
+    try:
+        busy = _fit(_cnn(), x, y)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    for k in alone:
+        np.testing.assert_array_equal(busy[k], alone[k], err_msg=k)
