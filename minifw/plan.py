@@ -376,24 +376,31 @@ class _ConvChain:
         return " | ".join(s.describe() for s in self.segs)
 
 
+def _runs(segs: list[Any], member: Any, wrap: Any) -> list[Any]:
+    """``segs`` with each maximal run of consecutive segments for which ``member(s)`` holds
+    replaced by the segments ``wrap(run)`` gives."""
+    out: list[Any] = []
+    run: list[Any] = []
+    for s in [*segs, None]:
+        if s is not None and member(s):
+            run.append(s)
+            continue
+        if run:
+            out.extend(wrap(run))
+            run = []
+        if s is not None:
+            out.append(s)
+    return out
+
+
 def _chained(backend: Any, segs: list[Any]) -> list[Any]:
     """Runs of at least two consecutive convolution / max-pool segments (layers with a
     ``_chain_step``, on the plan's backend) become one :class:`_ConvChain`."""
-    out: list[Any] = []
-    run: list[Any] = []
-
-    def flush() -> None:
-        out.extend([_ConvChain(list(run))] if len(run) >= 2 else run)
-        run.clear()
-
-    for s in segs:
-        if isinstance(s, _Layer) and hasattr(s.m, "_chain_step") and s.m.backend is backend:
-            run.append(s)
-        else:
-            flush()
-            out.append(s)
-    flush()
-    return out
+    return _runs(
+        segs,
+        lambda s: isinstance(s, _Layer) and hasattr(s.m, "_chain_step") and s.m.backend is backend,
+        lambda run: [_ConvChain(run)] if len(run) >= 2 else run,
+    )
 
 
 def _rowwise(seg: Any) -> bool:
@@ -592,24 +599,9 @@ def _grouped(backend: Any, segs: list[Any]) -> list[Any]:
     """Maximal runs of batch-independent segments that hold a layer worth chunking (a
     convolution, a pooling, ...) become one :class:`_Group`; the rest stay as they are (so
     a model of Dense layers and activations keeps its plan)."""
-    out: list[Any] = []
-    run: list[Any] = []
-
-    def flush() -> None:
-        if any(_heavy(s) for s in run):
-            out.append(_Group(backend, list(run)))
-        else:
-            out.extend(run)
-        run.clear()
-
-    for s in segs:
-        if _rowwise(s):
-            run.append(s)
-        else:
-            flush()
-            out.append(s)
-    flush()
-    return out
+    return _runs(
+        segs, _rowwise, lambda run: [_Group(backend, run)] if any(map(_heavy, run)) else run
+    )
 
 
 def explain(model: Any) -> str:
