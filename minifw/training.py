@@ -85,6 +85,24 @@ def _plan(model: Module) -> tuple[list[Module], bool]:
     return mods, fusable
 
 
+def _train_order(mods: list[Module]) -> list[Module]:
+    """The order a training step runs ``mods`` in: an activation that commutes with max
+    pooling (ReLU) right before a max-pool runs after it instead. ``maxpool(relu(x))`` is
+    ``relu(maxpool(x))`` exactly, and so are the gradients (a window's gradient reaches its
+    first maximum either way, and nothing where that maximum is not positive), while the
+    ReLU and its backward then touch a quarter of the elements (a 2x2 pool)."""
+    out = list(mods)
+    i = 0
+    while i + 1 < len(out):
+        a, p = out[i], out[i + 1]
+        if getattr(a, "_commutes_with_max_pool", False) and getattr(p, "_is_max_pool", False):
+            out[i], out[i + 1] = p, a
+            i += 2
+        else:
+            i += 1
+    return out
+
+
 def _n_outputs(model: Module, x: Any) -> tuple[int, ...]:
     """The model's output shape for one sample, without running it if shapes are known."""
     shape = model.output_shape((None, *tuple(x.shape[1:])))
@@ -294,7 +312,7 @@ def fit(
     history = History({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n})
     model._fit_loss = loss_obj  # type: ignore[attr-defined]  # evaluate()'s default
     bar_cls = _progress_bar() if progress else None
-    body = mods[:-1] if fused else mods
+    body = _train_order(mods[:-1] if fused else mods)  # (the swapped layers have no parameters)
     back = list(range(len(body) - 1, first - 1, -1))
     xbuf = b.empty((min(batch_size, n), *X.shape[1:]), X.dtype) if b.mutable else None
     slots = list(model.named_parameter_slots())

@@ -177,3 +177,40 @@ def test_split_fit_gives_its_bits_next_to_concurrent_predicts(split3: Any) -> No
     assert not errors
     for k in alone:
         np.testing.assert_array_equal(busy[k], alone[k], err_msg=k)
+
+
+@pytest.mark.parametrize("pool", [(2, None, 0), (3, 2, 1)])
+def test_relu_before_max_pool_trains_to_the_same_bits_swapped(
+    monkeypatch: pytest.MonkeyPatch, pool: tuple[Any, Any, Any]
+) -> None:
+    """fit runs a ReLU that precedes a MaxPool2D after it (on the pooled array); values and
+    gradients are exactly those of the written order, ties included: inputs on a coarse
+    grid give equal positive maxima and all-non-positive windows."""
+    from minifw.layers.activations import ReLU
+
+    def build() -> mf.Sequential:
+        mf.seed(5)
+        return mf.Sequential(
+            mf.Conv2D(2, 4, 3, padding=1, dtype="float64"),
+            mf.ReLU(),
+            mf.MaxPool2D(*pool),
+            mf.Flatten(),
+            mf.Dense(4 * 5 * 5, 3, dtype="float64"),
+            mf.Softmax(),
+        )
+
+    from minifw.training import _train_order
+
+    order = [type(m).__name__ for m in _train_order(list(build()))]
+    assert order[:3] == ["Conv2D", "MaxPool2D", "ReLU"]  # the swap happens
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal((40, 2, 10, 10)) * 2) / 2  # many exact ties
+    y = rng.integers(0, 3, 40)
+    swapped = _fit(build(), x, y)
+    monkeypatch.setattr(ReLU, "_commutes_with_max_pool", False)
+    assert [type(m).__name__ for m in _train_order(list(build()))][:3] == [
+        "Conv2D", "ReLU", "MaxPool2D"
+    ]  # fmt: skip
+    written = _fit(build(), x, y)
+    for k in written:
+        np.testing.assert_array_equal(swapped[k], written[k], err_msg=k)

@@ -126,6 +126,10 @@ class MaxPool2D(_Pool2D):
             return b.maxpool2d_values(x, k, s, p), None
         return b.maxpool2d(x, k, s, p)  # type: ignore[no-any-return]
 
+    #: it takes the maximum of each window (see ReLU._commutes_with_max_pool); a subclass
+    #: that changes what the layer computes must set this to False
+    _is_max_pool = True
+
     def _chain_step(self) -> tuple[Any, ...]:
         """This layer as a step of the backend's ``conv_chain`` (inference)."""
         return ("maxpool", self.kernel_size, self.stride, self.padding)
