@@ -6,12 +6,13 @@
   the weights in one GEMM, and its result written into the output with the bias. Nothing
   of the size of a whole batch's im2col matrix is ever allocated.
 
-  - When a window row holds at least :data:`NHWC_MIN_RUN` elements (``C*kw``: every layer
-    but an image's first), the padded input is first copied channels-last (NHWC); a chunk's
-    im2col matrix is then ``(pixels, kh*kw*C)``, gathered in runs of ``kw*C`` contiguous
-    elements, and its GEMM ``(pixels, K) @ (K, F)`` is the shape BLAS runs fastest (about
-    1.4x the ``(F, K) @ (K, pixels)`` form at 16-64 filters); the ``(pixels, F)`` result
-    is transposed into the NCHW output while still in cache.
+  - When a window row holds at least :data:`NHWC_MIN_RUN` elements (``C*kw``: in practice
+    every layer but an image's first), the padded input is first copied channels-last
+    (NHWC); a chunk's im2col matrix is then ``(pixels, kh*kw*C)``, gathered in runs of
+    ``kw*C`` contiguous elements, and its GEMM ``(pixels, K) @ (K, F)`` is the shape
+    OpenBLAS ran fastest here (1.05-1.35x the ``(F, K) @ (K, pixels)`` form at 16-64
+    filters); the ``(pixels, F)`` result is transposed into the NCHW output while still in
+    cache.
   - Otherwise (one or two input channels) the matrix is ``(C*kh*kw, pixels)``, gathered in
     runs of ``OW``, with one GEMM ``(F, K) @ (K, OH*OW)`` per image.
 
@@ -22,8 +23,12 @@
   (``conv2d`` again, padded by ``kh-1-ph``); at other strides each chunk's
   ``dcols = w^T @ grad`` is added back onto the padded input grid (col2im: ``kh*kw``
   strided additions per chunk, no ``np.add.at``, no loop over images).
+* ``conv_chain`` (the inference plan's runs of convolutions and max-pools): channels-last
+  from the first GEMM to the end of the run, each max-pool done on its convolution's chunk.
 * pooling: ``kh*kw`` strided slices of the padded input (running max / running sum); the
   max-pool's argmax is kept as the window index of each output.
+* in a training step split over the batch (:mod:`._split`), ``conv2d``, the ``dw`` of
+  ``conv2d_backward`` and the max-pool and its backward run a range of images per thread.
 """
 
 from __future__ import annotations
