@@ -320,10 +320,7 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
             y[a:e] += b_
 
         _split.run(n, p, scale)
-        running_mean *= 1.0 - momentum
-        running_mean += momentum * mean.reshape(-1)
-        running_var *= 1.0 - momentum
-        running_var += (momentum * m / (m - 1)) * var.reshape(-1)
+        self._bn_running(running_mean, running_var, mean, var, m, momentum)
         return y, xhat, inv_std, running_mean, running_var
 
     def batchnorm_backward(

@@ -381,11 +381,17 @@ class UfuncBackend(Backend):
         xhat *= inv_std
         y = xp.multiply(xhat, gamma.reshape(shape))
         y += beta.reshape(shape)
-        running_mean *= 1.0 - momentum
-        running_mean += momentum * mean.reshape(-1)
-        running_var *= 1.0 - momentum
-        running_var += (momentum * m / (m - 1)) * var.reshape(-1)
+        self._bn_running(running_mean, running_var, mean, var, m, momentum)
         return y, xhat, inv_std, running_mean, running_var
+
+    @staticmethod
+    def _bn_running(rmean: Any, rvar: Any, mean: Any, var: Any, m: int, momentum: float) -> None:
+        """PyTorch's running-statistics update, in place: the batch variance (over ``m``
+        values per channel) enters unbiased."""
+        rmean *= 1.0 - momentum
+        rmean += momentum * mean.reshape(-1)
+        rvar *= 1.0 - momentum
+        rvar += (momentum * m / (m - 1)) * var.reshape(-1)
 
     def batchnorm_backward(
         self, g: Any, xhat: Any, inv_std: Any, gamma: Any, need_dx: bool
