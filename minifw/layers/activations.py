@@ -61,9 +61,9 @@ class ReLU(_Activation):
     """``max(x, 0)`` (NaN passes through). Backward: ``dy`` where ``y > 0``, else 0."""
 
     op = "relu"
-    #: a max-pool right after it gives the same values and gradients run first (``fit``
-    #: then runs the ReLU on the pooled, smaller array); a subclass that changes what the
-    #: layer computes must set this to False
+    #: a max-pool right after it gives the same values and gradients when it runs first
+    #: (``fit`` then runs the ReLU on the pooled, smaller array); a subclass that changes
+    #: what the layer computes must set this to False
     _commutes_with_max_pool = True
 
 
