@@ -88,42 +88,11 @@ def build(seed: int) -> mf.Sequential:
 def torch_twin(model: mf.Sequential) -> Any:
     """The same network as ``torch.nn`` modules holding ``model``'s current weights
     (Conv2d's weight is minifw's layout; Linear's is the transpose of Dense's; BatchNorm2d
-    gets the running statistics too). Ends in the logits: the loss is CrossEntropyLoss."""
-    import torch
+    gets the running statistics too). Ends in the logits: the loss is CrossEntropyLoss.
+    (``minifw bench`` times its CNN training epoch against the same twin.)"""
+    from minifw.bench.convnets import torch_twin as twin
 
-    nn = torch.nn
-    mods: list[Any] = []
-    for m in model:
-        if isinstance(m, mf.Conv2D):
-            t: Any = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
-            pairs = {"weight": m.weight, "bias": m.bias}
-        elif isinstance(m, mf.BatchNorm):
-            t = nn.BatchNorm2d(m.num_features, eps=m.eps, momentum=m.momentum)
-            pairs = {k: getattr(m, k) for k in ("weight", "bias", "running_mean", "running_var")}
-        elif isinstance(m, mf.Dense):
-            t = nn.Linear(m.in_features, m.out_features)
-            pairs = {"weight": mf.to_numpy(m.weight).T, "bias": m.bias}
-        elif isinstance(m, mf.ReLU):
-            mods.append(nn.ReLU())
-            continue
-        elif isinstance(m, mf.MaxPool2D):
-            mods.append(nn.MaxPool2d(m.kernel_size, m.stride, m.padding))
-            continue
-        elif isinstance(m, mf.Flatten):
-            mods.append(nn.Flatten())
-            continue
-        elif isinstance(m, mf.Dropout):
-            mods.append(nn.Dropout(m.p))
-            continue
-        elif isinstance(m, mf.Softmax):
-            continue  # CrossEntropyLoss takes the logits
-        else:
-            raise TypeError(f"no torch twin for {type(m).__name__}")
-        with torch.no_grad():
-            for k, v in pairs.items():
-                getattr(t, k).copy_(torch.from_numpy(np.ascontiguousarray(mf.to_numpy(v))))
-        mods.append(t)
-    return nn.Sequential(*mods)
+    return twin(model)
 
 
 class TorchRun:

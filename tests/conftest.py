@@ -72,3 +72,18 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _fresh_seed() -> None:
     mf.seed(12345)
+
+
+def simple_convnet() -> mf.Sequential:
+    """The book's SimpleConvNet (ch. 7), random weights: conv 30x5x5, ReLU, 2x2 max-pool,
+    Dense 4320→100, ReLU, Dense 100→10, softmax."""
+    return mf.Sequential(
+        mf.Conv2D(1, 30, 5),
+        mf.ReLU(),
+        mf.MaxPool2D(2),
+        mf.Flatten(),
+        mf.Dense(4320, 100),
+        mf.ReLU(),
+        mf.Dense(100, 10),
+        mf.Softmax(),
+    )

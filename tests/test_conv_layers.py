@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_namespace
+from conftest import assert_namespace, simple_convnet
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -372,20 +372,6 @@ def test_dask_inference_matches_numpy() -> None:
 
 
 # -- summary, save/load, errors ---------------------------------------------------------------
-def simple_convnet() -> mf.Sequential:
-    """The book's SimpleConvNet (ch. 7)."""
-    return mf.Sequential(
-        mf.Conv2D(1, 30, 5),
-        mf.ReLU(),
-        mf.MaxPool2D(2),
-        mf.Flatten(),
-        mf.Dense(4320, 100),
-        mf.ReLU(),
-        mf.Dense(100, 10),
-        mf.Softmax(),
-    )
-
-
 def test_summary_shapes_and_counts() -> None:
     text = simple_convnet().summary(input_shape=(1, 28, 28), print_fn=lambda s: None)
     assert "Conv2D 1→30 5x5  (None, 30, 24, 24)      780" in text

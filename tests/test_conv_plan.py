@@ -9,22 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import simple_convnet
 
 import minifw as mf
 from minifw import plan
-
-
-def simple_convnet() -> mf.Sequential:
-    return mf.Sequential(
-        mf.Conv2D(1, 30, 5),
-        mf.ReLU(),
-        mf.MaxPool2D(2),
-        mf.Flatten(),
-        mf.Dense(4320, 100),
-        mf.ReLU(),
-        mf.Dense(100, 10),
-        mf.Softmax(),
-    )
 
 
 def layer_by_layer(model: mf.Sequential, x: np.ndarray) -> np.ndarray:

@@ -62,3 +62,18 @@ def test_torch_twin_starts_from_minifw_weights() -> None:
     with torch.inference_mode():
         z = torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
     np.testing.assert_allclose(mf.to_numpy(model.predict(x)), z, rtol=1e-4, atol=1e-6)
+
+
+def test_bench_trains_the_examples_network() -> None:
+    """``minifw bench``'s CNN training epoch (``train_model``) is the example's network:
+    the same layers, configurations and initial weights."""
+    from minifw.bench.convnets import train_model
+
+    ex = load_example()
+    mine, bench = ex.build(3), train_model(3)
+    assert [type(m) for m in mine] == [type(m) for m in bench]
+    assert [m.get_config() for m in mine] == [m.get_config() for m in bench]
+    a, b = mine.state_dict(), bench.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

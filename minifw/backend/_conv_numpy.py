@@ -91,20 +91,27 @@ def _maxpool_2x2(
     return np.maximum(m0, m1, out=m0), am
 
 
+def _running_max(a: np.ndarray, axis: int, k: int, s: int, o: int) -> np.ndarray:
+    """The maximum of the ``k`` slices ``a[..., i : i + s*(o-1) + 1 : s, ...]`` along
+    ``axis`` (``i < k``): a new array, one pass per slice."""
+
+    def sl(i: int) -> np.ndarray:
+        idx: list[Any] = [slice(None)] * a.ndim
+        idx[axis] = slice(i, i + s * (o - 1) + 1, s)
+        return a[tuple(idx)]
+
+    out = np.maximum(sl(0), sl(1)) if k > 1 else sl(0).copy()
+    for i in range(2, k):
+        np.maximum(out, sl(i), out=out)
+    return out
+
+
 def _maxpool_nhwc(
     y: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int
 ) -> np.ndarray:
-    """Max-pool (no padding) of a channels-last (m, H, W, C) array: the running maximum of
-    ``kh`` row-strided slices, then of ``kw`` column-strided ones (runs of ``C``)."""
-    rows = [y[:, i : i + sh * (oh - 1) + 1 : sh] for i in range(kh)]
-    r = np.maximum(rows[0], rows[1]) if kh > 1 else rows[0].copy()
-    for v in rows[2:]:
-        np.maximum(r, v, out=r)
-    cols = [r[:, :, j : j + sw * (ow - 1) + 1 : sw] for j in range(kw)]
-    out = np.maximum(cols[0], cols[1]) if kw > 1 else cols[0].copy()
-    for v in cols[2:]:
-        np.maximum(out, v, out=out)
-    return out
+    """Max-pool (no padding) of a channels-last (m, H, W, C) array, separably: rows, then
+    columns (runs of ``C``)."""
+    return _running_max(_running_max(y, 1, kh, sh, oh), 2, kw, sw, ow)
 
 
 class _Scratch(threading.local):
@@ -497,13 +504,7 @@ class NumpyConvOps(ConvOps):
         row-strided slices (contiguous rows), then of ``kw`` column-strided slices of it."""
         kh, kw, sh, sw, ph, pw, oh, ow = geometry(x.shape, kernel, stride, padding, "maxpool2d")
         xp_ = _padded(x, ph, pw, float("-inf"))
-        rows = np.array(xp_[:, :, 0 : sh * (oh - 1) + 1 : sh], dtype=x.dtype)
-        for i in range(1, kh):
-            np.maximum(rows, xp_[:, :, i : i + sh * (oh - 1) + 1 : sh], out=rows)
-        y = np.array(rows[..., 0 : sw * (ow - 1) + 1 : sw])
-        for j in range(1, kw):
-            np.maximum(y, rows[..., j : j + sw * (ow - 1) + 1 : sw], out=y)
-        return y
+        return _running_max(_running_max(xp_, 2, kh, sh, oh), 3, kw, sw, ow)
 
     def maxpool2d_backward(
         self,
@@ -519,29 +520,27 @@ class NumpyConvOps(ConvOps):
         n, c, h, w = x_shape
         check_grad(tuple(grad.shape), (n, c, oh, ow), "maxpool2d_backward")
         check_grad(tuple(argmax.shape), (n, c, oh, ow), "maxpool2d_backward (argmax)")
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad.dtype)
+        disjoint = sh >= kh and sw >= kw
+
+        def unpool(a: int, e: int) -> None:  # samples a..e into their rows of dxp
+            g, am, dst_rows = grad[a:e], argmax[a:e], dxp[a:e]
+            mask = np.empty(g.shape, dtype=bool)
+            tmp = None if disjoint else np.empty_like(g)
+            for k in range(kh * kw):
+                dst = _win(dst_rows, k // kw, k % kw, sh, sw, oh, ow)
+                np.equal(am, k, out=mask)
+                if tmp is None:
+                    np.multiply(g, mask, out=dst)
+                else:
+                    np.multiply(g, mask, out=tmp)
+                    np.add(dst, tmp, out=dst)
+
         p = _split.parts(n, n * c * h * w)
         if p > 1:  # a training step: a range of samples per thread
-            dx = np.empty(x_shape, grad.dtype)
-
-            def one(a: int, e: int) -> None:
-                dx[a:e] = self.maxpool2d_backward(
-                    grad[a:e], argmax[a:e], (e - a, c, h, w), kernel, stride, padding
-                )
-
-            _split.run(n, p, one)
-            return dx
-        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad.dtype)
-        mask = np.empty(grad.shape, dtype=bool)
-        disjoint = sh >= kh and sw >= kw
-        tmp = None if disjoint else np.empty_like(grad)
-        for k in range(kh * kw):
-            dst = _win(dxp, k // kw, k % kw, sh, sw, oh, ow)
-            np.equal(argmax, k, out=mask)
-            if tmp is None:
-                np.multiply(grad, mask, out=dst)
-            else:
-                np.multiply(grad, mask, out=tmp)
-                np.add(dst, tmp, out=dst)
+            _split.run(n, p, unpool)
+        else:
+            unpool(0, n)
         return dxp if not (ph or pw) else np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w])
 
     def avgpool2d(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> Any:

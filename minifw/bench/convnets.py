@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from minifw._util import cores
 
 from .nets import MINIFW_REF
+from .peers import torch_module_runner
 from .timing import Engine, peer_engines
 
 #: the CNN cases: name -> convs (in, out, kernel, padding, pool after), dense widths
@@ -256,17 +257,7 @@ class ConvNet:
 
 
 def _torch_eager(net: ConvNet, x: np.ndarray) -> tuple[Callable[[], Any], str]:
-    import torch
-
-    seq = net.torch_sequential()
-    xt = torch.from_numpy(x)
-
-    def run() -> Any:
-        with torch.inference_mode():
-            return seq(xt)
-
-    ver = f"torch {torch.__version__}, torch.nn modules, inference_mode, CPU"
-    return run, f"{ver}, {torch.get_num_threads()} threads"
+    return torch_module_runner(net.torch_sequential(), x)
 
 
 def _onnxruntime_cpu(net: ConvNet, x: np.ndarray) -> tuple[Callable[[], Any], str]:

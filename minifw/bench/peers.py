@@ -74,9 +74,14 @@ def torch_sequential(net: Net) -> Any:
 def torch_eager(net: Net, x: np.ndarray) -> tuple[Callable[[], Any], str]:
     """ "torch eager": the network as ``torch.nn`` modules, run under
     ``torch.inference_mode()`` on the CPU, on ``x`` as a tensor sharing its memory."""
+    return torch_module_runner(torch_sequential(net), x)
+
+
+def torch_module_runner(seq: Any, x: np.ndarray) -> tuple[Callable[[], Any], str]:
+    """``seq`` (a ``torch.nn`` module) on ``x`` under ``torch.inference_mode()``, and the
+    engine's description."""
     import torch
 
-    seq = torch_sequential(net)
     xt = torch.from_numpy(x)
 
     def run() -> Any:
