@@ -77,18 +77,22 @@ def _maxpool_2x2(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A 2x2 max-pool with its argmax (the first maximum in row-major order) in pairs:
     each row's pair gives its maximum and column (``b > a``: ties keep the first), the
-    second row wins only when its maximum is strictly larger. Five passes over strided
-    views, all in one int8/bool/float32 temporary each, instead of three compare, select
-    and maximum passes per window element (about 2x faster at (100, 16, 28, 28))."""
+    second row wins only when its maximum is strictly larger. Four passes over strided
+    views, the rest on contiguous int8/float32 temporaries; the window index is
+    ``i0 + win1 * (2 + i1 - i0)`` in int8 arithmetic (``np.where`` on int8 operands ran
+    0.5 ms at (50, 16, 28, 28), the arithmetic 0.03)."""
     a, b = _win(xp_, 0, 0, sh, sw, oh, ow), _win(xp_, 0, 1, sh, sw, oh, ow)
     c, d = _win(xp_, 1, 0, sh, sw, oh, ow), _win(xp_, 1, 1, sh, sw, oh, ow)
     m0 = np.maximum(a, b)
     m1 = np.maximum(c, d)
     i0 = np.greater(b, a).view(np.int8)  # 0 or 1: the column of row 0's maximum
     i1 = np.greater(d, c).view(np.int8)
-    i1 += 2  # window index i*2 + j of row 1's maximum
-    am = np.where(np.greater(m1, m0), i1, i0).astype(np.int32)
-    return np.maximum(m0, m1, out=m0), am
+    win1 = np.greater(m1, m0).view(np.int8)  # 1: row 1 holds the window's maximum
+    i1 -= i0
+    i1 += 2
+    i1 *= win1
+    i1 += i0  # window index i*2 + j of the maximum
+    return np.maximum(m0, m1, out=m0), i1.astype(np.int32)
 
 
 def _running_max(a: np.ndarray, axis: int, k: int, s: int, o: int) -> np.ndarray:
@@ -520,8 +524,10 @@ class NumpyConvOps(ConvOps):
         n, c, h, w = x_shape
         check_grad(tuple(grad.shape), (n, c, oh, ow), "maxpool2d_backward")
         check_grad(tuple(argmax.shape), (n, c, oh, ow), "maxpool2d_backward (argmax)")
-        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad.dtype)
         disjoint = sh >= kh and sw >= kw
+        # windows that tile the padded input exactly write every element once
+        tiled = (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (h + 2 * ph, w + 2 * pw)
+        dxp = (np.empty if tiled else np.zeros)((n, c, h + 2 * ph, w + 2 * pw), dtype=grad.dtype)
 
         def unpool(a: int, e: int) -> None:  # samples a..e into their rows of dxp
             g, am, dst_rows = grad[a:e], argmax[a:e], dxp[a:e]
