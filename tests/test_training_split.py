@@ -214,3 +214,55 @@ def test_relu_before_max_pool_trains_to_the_same_bits_swapped(
     written = _fit(build(), x, y)
     for k in written:
         np.testing.assert_array_equal(swapped[k], written[k], err_msg=k)
+
+
+def test_split_raises_a_helpers_error_and_its_helpers_serve_again() -> None:
+    """A part that fails on a helper thread fails the call (after every part finished),
+    the caller's own error wins, and the helpers run the next split normally."""
+    done: list[int] = []
+
+    def fails_on(bad: int) -> Any:
+        def fn(a: int, e: int) -> None:
+            if a == bad:
+                raise ValueError(f"part at {a}")
+            done.append(a)
+
+        return fn
+
+    with pytest.raises(ValueError, match="part at 4"):
+        _workers.split(8, 2, fails_on(4))  # the helper's part
+    assert done == [0]
+    with pytest.raises(ValueError, match="part at 0"):
+        _workers.split(8, 2, fails_on(0))  # the caller's part; the helper's still ran
+    assert sorted(done) == [0, 4]
+    out = np.zeros(9)
+    _workers.split(9, 3, lambda a, e: out.__setitem__(slice(a, e), np.arange(a, e)))
+    assert np.array_equal(out, np.arange(9))
+
+
+def test_concurrent_splits_each_cover_their_ranges() -> None:
+    """Several threads splitting at once each get all of their ranges run, once."""
+    results: dict[int, list[tuple[int, int]]] = {t: [] for t in range(4)}
+    lock = threading.Lock()
+
+    def caller(t: int) -> None:
+        for _ in range(50):
+            got: list[tuple[int, int]] = []
+
+            def fn(a: int, e: int, got: list[tuple[int, int]] = got) -> None:
+                with lock:
+                    got.append((a, e))
+
+            _workers.split(10 + t, 3, fn)
+            with lock:
+                results[t].append(tuple(sorted(got)))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t, runs in results.items():
+        n = 10 + t
+        want = tuple((n * i // 3, n * (i + 1) // 3) for i in range(3))
+        assert runs == [want] * 50
