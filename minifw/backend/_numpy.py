@@ -227,6 +227,7 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
         the step's heavy operations split over the batch on :meth:`threads` threads (see
         :mod:`._split`); otherwise the :meth:`whole_section` (BLAS as the user set it:
         faster for a model of Dense layers, whose work is all in BLAS)."""
+        _malloc_thresholds.get()
         t = self.threads()
         if split and t > 1:
             return _split.TrainSection(self._blas.narrow, t)
@@ -379,6 +380,32 @@ class NumpyBackend(NumpyConvOps, UfuncBackend):
         out = np.empty_like(g)
         _split.run(n, p, lambda a, e: np.multiply(g[a:e], y[a:e] > 0, out=out[a:e]))
         return out
+
+
+def _raise_malloc_thresholds() -> bool:
+    """Move glibc's malloc thresholds to their top values, as freeing one large mapped
+    block does in any program; True where that was done (glibc on Linux).
+
+    glibc maps each block above its *mmap threshold* afresh (page faults on first touch)
+    and returns free memory above its *trim threshold* at the top of the heap to the
+    system. Both start at 128 KiB and rise, up to 32 and 64 MiB, each time a mapped block
+    is freed. A training step allocates and frees some tens of MB in arrays of a few MB,
+    so with the thresholds a step's own arrays had raised (about 5 and 10 MiB) the heap
+    kept shrinking and growing: about 900 page faults and 3-4 ms of system time per step
+    of the bench's CNN (12-16 ms). One block of 31 MiB, mapped and freed here without
+    being touched, raises them to about 31 and 62 MiB: then no faults. glibc keeps the
+    higher values for the process; nothing else changes (no ``mallopt``, which would turn
+    the adaptive thresholds off)."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    block = np.empty(31 << 20, np.uint8)  # above the threshold: mapped; freed at once
+    del block
+    return True
+
+
+_malloc_thresholds: Once[bool] = Once(_raise_malloc_thresholds)
 
 
 def _read_threads_env() -> int | None:
