@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _random
+from . import _random, _train_blocks
 from . import losses as _losses
 from . import optim as _optim
 from ._convert import to_numpy
@@ -312,7 +312,8 @@ def fit(
     history = History({"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n})
     model._fit_loss = loss_obj  # type: ignore[attr-defined]  # evaluate()'s default
     bar_cls = _progress_bar() if progress else None
-    body = _train_order(mods[:-1] if fused else mods)  # (the swapped layers have no parameters)
+    body = _train_blocks.fuse(_train_order(mods[:-1] if fused else mods))
+    first = next(i for i, m in enumerate(body) if m.num_parameters())
     back = list(range(len(body) - 1, first - 1, -1))
     xbuf = b.empty((min(batch_size, n), *X.shape[1:]), X.dtype) if b.mutable else None
     slots = list(model.named_parameter_slots())

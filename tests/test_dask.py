@@ -40,13 +40,18 @@ def client():
     distributed = pytest.importorskip(
         "distributed", reason='dask.distributed is needed (pip install "minifw[dask]")'
     )
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
-        yield c
+    saved = dict(os.environ)  # distributed sets MALLOC_TRIM_THRESHOLD_, OMP_NUM_THREADS, ...
+    try:
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as c,
+        ):
+            yield c
+    finally:  # ... for its workers; later tests' subprocesses must not inherit them
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_predict_on_a_two_process_cluster_equals_in_memory(client) -> None:

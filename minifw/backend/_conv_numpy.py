@@ -484,28 +484,28 @@ class NumpyConvOps(ConvOps):
         n = int(x.shape[0])
         y = np.empty((n, x.shape[1], oh, ow), x.dtype)
         am = np.empty(y.shape, np.int32)
-
-        def one(a: int, e: int) -> None:  # samples a..e into their rows of y and am
-            xp_ = _padded(x[a:e], ph, pw, float("-inf"))
-            if kh == 2 and kw == 2:
-                _maxpool_2x2(xp_, sh, sw, oh, ow, y[a:e], am[a:e])
-                return
-            ya, ama = y[a:e], am[a:e]
-            np.copyto(ya, _win(xp_, 0, 0, sh, sw, oh, ow))
-            ama.fill(0)
-            mask = np.empty(ya.shape, dtype=bool)
-            for k in range(1, kh * kw):
-                s = _win(xp_, k // kw, k % kw, sh, sw, oh, ow)
-                np.greater(s, ya, out=mask)
-                np.copyto(ama, np.int32(k), where=mask)
-                np.maximum(ya, s, out=ya)
-
-        p = _split.parts(n, x.size)
-        if p > 1:  # a training step: a range of samples per thread
-            _split.run(n, p, one)
-        else:
-            one(0, n)
+        dims = (kh, kw, sh, sw, ph, pw, oh, ow)
+        p = _split.parts(n, x.size)  # > 1: a training step, a range of samples per thread
+        _split.run(n, p, lambda a, e: self._maxpool_into(x[a:e], dims, y[a:e], am[a:e]))
         return y, am
+
+    @staticmethod
+    def _maxpool_into(x: np.ndarray, dims: tuple[int, ...], y: np.ndarray, am: np.ndarray) -> None:
+        """The max-pool of ``x`` with geometry ``dims`` (``kh, kw, sh, sw, ph, pw, oh, ow``)
+        into ``y``, its argmax (window index ``i*kw + j``, first maximum) into ``am``."""
+        kh, kw, sh, sw, ph, pw, oh, ow = dims
+        xp_ = _padded(x, ph, pw, float("-inf"))
+        if kh == 2 and kw == 2:
+            _maxpool_2x2(xp_, sh, sw, oh, ow, y, am)
+            return
+        np.copyto(y, _win(xp_, 0, 0, sh, sw, oh, ow))
+        am.fill(0)
+        mask = np.empty(y.shape, dtype=bool)
+        for k in range(1, kh * kw):
+            s = _win(xp_, k // kw, k % kw, sh, sw, oh, ow)
+            np.greater(s, y, out=mask)
+            np.copyto(am, np.int32(k), where=mask)
+            np.maximum(y, s, out=y)
 
     def maxpool2d_values(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> Any:
         """As :meth:`ConvOps.maxpool2d_values`, separably: the running maximum of ``kh``

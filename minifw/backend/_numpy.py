@@ -28,6 +28,7 @@ import numpy as np
 from .._util import Once, cores
 from ..errors import BackendError
 from . import _gemm, _split
+from ._block_numpy import NumpyBlockOps
 from ._conv_numpy import NumpyConvOps
 from ._ufunc import UfuncBackend, _rows
 
@@ -48,7 +49,7 @@ _add_reduce: Any = np.add.reduce
 _accumulate: Any = np.add.accumulate
 
 
-class NumpyBackend(NumpyConvOps, UfuncBackend):
+class NumpyBackend(NumpyBlockOps, NumpyConvOps, UfuncBackend):
     name = "numpy"
 
     def __init__(self, xp: Any, version: str) -> None:

@@ -229,6 +229,47 @@ class Ops(ConvOps):
         )
         return dx * inv_std, dgamma, dbeta
 
+    # -- a convolution block in training: Conv2D, BatchNorm, [max-pool], [ReLU] ------------
+    def conv_bn_train(
+        self,
+        x: Any,
+        conv: tuple[Any, Any, Any, Any],
+        bn: tuple[Any, Any, Any, Any, float, float],
+        pool: tuple[Any, Any] | None,
+        relu: bool,
+    ) -> tuple[Any, Any, Any, Any]:
+        """Training forward of ``relu(maxpool(batchnorm(conv2d(x))))`` (``pool`` and
+        ``relu`` optional; ``fit`` runs a ReLU after the max-pool it precedes, see
+        ``training._train_order``). ``conv``: ``(w, b or None, stride, padding)``; ``bn``:
+        ``(gamma, beta, running_mean, running_var, momentum, eps)``; ``pool``: the max-pool's
+        ``(kernel, stride)``, no padding. Returns ``(z, cache, new_running_mean,
+        new_running_var)``; ``cache`` is for :meth:`conv_bn_backward`. Here: the layers'
+        operations in turn (engines override it with a fused version)."""
+        w, b, stride, padding = conv
+        gamma, beta, rmean, rvar, momentum, eps = bn
+        y = self.conv2d(x, w, b, stride, padding)
+        z, xhat, inv_std, rm, rv = self.batchnorm_train(y, gamma, beta, rmean, rvar, momentum, eps)
+        am = None
+        if pool is not None:
+            z, am = self.maxpool2d(z, pool[0], pool[1], 0)
+        if relu:
+            z = self.relu(z, True)  # the block's own new array
+        cache = (x, conv, gamma, tuple(int(s) for s in y.shape), xhat, inv_std, pool, am,
+                 z if relu else None)  # fmt: skip
+        return z, cache, rm, rv
+
+    def conv_bn_backward(self, g: Any, cache: Any, need_dx: bool) -> tuple[Any, ...]:
+        """Gradients of :meth:`conv_bn_train` from its ``cache``: ``(dx or None, dw, db,
+        dgamma, dbeta)`` (``db`` also when the convolution has no bias)."""
+        x, (w, _, stride, padding), gamma, y_shape, xhat, inv_std, pool, am, z = cache
+        if z is not None:
+            g = self.relu_backward(z, g)
+        if pool is not None:
+            g = self.maxpool2d_backward(g, am, y_shape, pool[0], pool[1], 0)
+        g, dgamma, dbeta = self.batchnorm_backward(g, xhat, inv_std, gamma, True)
+        dx, dw, db = self.conv2d_backward(g, x, w, stride, padding, need_dx)
+        return dx, dw, db, dgamma, dbeta
+
     def dropout_apply(self, x: Any, mask: Any, inplace: bool = False) -> Any:
         """``x * mask`` (the mask holds ``0`` or ``1 / (1 - p)``, of ``x``'s dtype)."""
         return x * mask

@@ -39,11 +39,14 @@ def parts(n: int, elems: int) -> int:
 
 def run(n: int, p: int, fn: Callable[[int, int], None]) -> None:
     """``fn(start, stop)`` over ``p`` ranges of ``range(n)`` (see ``_workers.split``);
-    the operations ``fn`` calls run whole (no nested split)."""
+    the operations ``fn`` calls run whole (no nested split). ``p`` 1: ``fn(0, n)`` here."""
     old = getattr(_state, "parts", 1)
     _state.parts = 1
     try:
-        _workers.split(n, p, fn)
+        if p > 1:
+            _workers.split(n, p, fn)
+        else:
+            fn(0, n)
     finally:
         _state.parts = old
 

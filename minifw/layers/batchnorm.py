@@ -78,6 +78,13 @@ class BatchNorm(Module):
                 f"(N, {self.num_features}, H, W), got {tuple(shape)}"
             )
 
+    def _check_train_input(self, shape: tuple[int, ...]) -> None:
+        if math.prod(shape) // shape[1] < 2:
+            raise ShapeError(
+                f"{self._where()}: training needs more than one value per channel, got "
+                f"input {shape}"
+            )
+
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
         shape = tuple(int(s) for s in x.shape)
         self._check_input(shape)
@@ -87,11 +94,7 @@ class BatchNorm(Module):
                 x, self.weight, self.bias, self.running_mean, self.running_var, self.eps
             )
             return y, True
-        if math.prod(shape) // shape[1] < 2:
-            raise ShapeError(
-                f"{self._where()}: training needs more than one value per channel, got "
-                f"input {shape}"
-            )
+        self._check_train_input(shape)
         y, xhat, inv_std, rm, rv = b.batchnorm_train(
             x, self.weight, self.bias, self.running_mean, self.running_var,
             self.momentum, self.eps,
