@@ -32,6 +32,7 @@ def _net(
     plain: bool = False,
     dtype: str = "float64",
     seed: int = 0,
+    size: int = 11,
 ) -> mf.Sequential:
     mf.seed(seed)
     bn = (PlainBN if plain else mf.BatchNorm)(4, dtype=dtype)
@@ -42,7 +43,7 @@ def _net(
     if relu:
         tail = [mf.ReLU(), *tail] if relu_first else [*tail, mf.ReLU()]
     layers += tail
-    shape = (None, 2, 11, 11)
+    shape: tuple[Any, ...] = (None, 2, size, size)
     for m in layers:
         shape = m.output_shape(shape)
     feats = int(np.prod(shape[1:]))
@@ -56,9 +57,11 @@ def _train(model: mf.Sequential, x: np.ndarray, y: np.ndarray) -> dict[str, np.n
     return {k: np.array(v) for k, v in model.state_dict().items()}
 
 
-def _data(dtype: str = "float64", coarse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _data(
+    dtype: str = "float64", coarse: bool = False, size: int = 11
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((48, 2, 11, 11))
+    x = rng.standard_normal((48, 2, size, size))
     if coarse:  # many exact ties in the pooling windows
         x = np.round(x * 2) / 2
     return x.astype(dtype), rng.integers(0, 3, 48)
@@ -118,18 +121,22 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("size", [11, 12], ids=["odd", "even"])  # even: planes for the pool
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_fused_training_equals_the_layers_one_by_one(case: str, threads: int) -> None:
+def test_fused_training_equals_the_layers_one_by_one(case: str, size: int, threads: int) -> None:
     kw = CASES[case]
-    x, y = _data(coarse=True)
-    fused = _train(_net(**kw), x, y)
-    plain = _train(_net(plain=True, **kw), x, y)
+    x, y = _data(coarse=True, size=size)
+    fused = _train(_net(size=size, **kw), x, y)
+    plain = _train(_net(plain=True, size=size, **kw), x, y)
     _same(fused, plain, rtol=1e-9)
 
 
-def test_fused_float32_training_equals_the_layers_one_by_one(threads: int) -> None:
-    x, y = _data("float32")
-    kw: dict[str, Any] = {"dtype": "float32", "gammas": [1.0, -0.5, 2.0, 0.7], "bias": False}
+@pytest.mark.parametrize("size", [11, 12], ids=["odd", "even"])
+def test_fused_float32_training_equals_the_layers_one_by_one(size: int, threads: int) -> None:
+    x, y = _data("float32", size=size)
+    kw: dict[str, Any] = {
+        "dtype": "float32", "gammas": [1.0, -0.5, 2.0, 0.7], "bias": False, "size": size
+    }  # fmt: skip
     fused = _train(_net(**kw), x, y)  # (no conv bias: in float32 its noise moves running_mean)
     plain = _train(_net(plain=True, **kw), x, y)
     _same(fused, plain, rtol=2e-4)
@@ -168,3 +175,32 @@ def test_a_bad_input_names_the_layer_inside_the_block() -> None:
                              mf.Flatten(), mf.Dense(4, 2, dtype="float64"), mf.Softmax())  # fmt: skip
     with pytest.raises(mf.ShapeError, match="more than one value per channel"):
         bn_model.fit(one, np.zeros(1, int), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("filters", [5, 2], ids=["dx gathers planes", "dx unplanes first"])
+@pytest.mark.parametrize("shape", [(3, 10, 8, 6), (3, 1, 8, 6)], ids=["channels-last", "C=1"])
+def test_blocked_convolution_is_the_same_convolution_with_its_pixels_planed(
+    shape: tuple[int, ...], filters: int, threads: int
+) -> None:
+    """NumPy's conv2d(blocked=True) stores pixel (2r+i, 2c+j) at plane (i, j), (r, c); its
+    backward takes the gradient so and gives the same dx, dw, db (dx's convolution reads
+    the planes in its channels-last copy, or, with F*kw < 8, after putting them back)."""
+    b = mf.backend.get("numpy")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((filters, shape[1], 3, 3))
+    bias = rng.standard_normal(filters)
+    y = b.conv2d(x, w, bias, 1, 1)
+    n, f, oh, ow = y.shape
+    planes = b.conv2d(x, w, bias, 1, 1, blocked=True).reshape(n, f, 2, 2, oh // 2, ow // 2)
+    np.testing.assert_allclose(
+        planes, y.reshape(n, f, oh // 2, 2, ow // 2, 2).transpose(0, 1, 3, 5, 2, 4), rtol=1e-12
+    )
+    g = rng.standard_normal(y.shape)
+    gb = np.ascontiguousarray(g.reshape(n, f, oh // 2, 2, ow // 2, 2).transpose(0, 1, 3, 5, 2, 4))
+    want = b.conv2d_backward(g, x, w, 1, 1)
+    got = b.conv2d_backward(gb.reshape(g.shape), x, w, 1, 1, blocked=True)
+    for name, a, e in zip(("dx", "dw", "db"), got, want, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=name)
+    with pytest.raises(ValueError, match="even output size"):
+        b.conv2d(x[:, :, :7], w, bias, 1, 1, blocked=True)

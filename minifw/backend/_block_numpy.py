@@ -34,7 +34,7 @@ import numpy as np
 
 from . import _split
 from ._conv import check_conv, geometry
-from ._conv_numpy import _win
+from ._conv_numpy import _win, max4
 
 _FLOATS = (np.dtype("float32"), np.dtype("float64"))
 
@@ -79,11 +79,20 @@ class NumpyBlockOps:
         lsz = oh * ow
         k = int(w.shape[1]) * int(w.shape[2]) * int(w.shape[3])
         y = np.empty((n, f, oh, ow), dt)
+        # a 2x2 max-pool of stride 2 tiling the output: the convolution stores each window
+        # position as a contiguous plane (conv2d's blocked order) and the pool and its
+        # backward run on planes instead of strided views (2-5x faster)
+        blocked = (
+            pool is not None
+            and geometry(y.shape, pool[0], pool[1], 0, "maxpool2d")[:4] == (2, 2, 2, 2)
+            and oh % 2 == 0
+            and ow % 2 == 0
+        )
         stats: dict[int, tuple[Any, Any, int, Any]] = {}
 
         def conv_stats(a: int, e: int) -> None:
             ya = y[a:e]
-            self.conv2d(x[a:e], w, b, stride, padding, out=ya)  # type: ignore[attr-defined]
+            self.conv2d(x[a:e], w, b, stride, padding, out=ya, blocked=blocked)  # type: ignore[attr-defined]
             rows = ya.reshape((e - a) * f, lsz)
             s = rows.sum(axis=1).reshape(e - a, f).sum(axis=0)
             mp = (e - a) * lsz
@@ -121,7 +130,13 @@ class NumpyBlockOps:
         def finish(a: int, e: int) -> None:
             if pool is not None:
                 src = y[a:e] if sign is None else y[a:e] * sign
-                self._maxpool_into(src, pdims, base[a:e], am[a:e])  # type: ignore[attr-defined, index]
+                if blocked:
+                    planes = src.reshape(e - a, f, 4, -1)
+                    ba, ama = base[a:e].reshape(e - a, f, -1), am[a:e].reshape(e - a, f, -1)  # type: ignore[index]
+                    p0, p1, p2, p3 = (planes[:, :, i] for i in range(4))
+                    max4(p0, p1, p2, p3, ba, ama)
+                else:
+                    self._maxpool_into(src, pdims, base[a:e], am[a:e])  # type: ignore[attr-defined, index]
                 if sign is not None:
                     base[a:e] *= sign
             za = z[a:e]
@@ -132,13 +147,15 @@ class NumpyBlockOps:
                 np.maximum(za, 0, out=za)
 
         _split.run(n, _split.parts(n, y.size), finish)
-        cache = _Fused((x, conv, y, mean, inv_std, scale, pdims, base, am, z if relu else None))
+        cache = _Fused(
+            (x, conv, y, mean, inv_std, scale, pdims, blocked, base, am, z if relu else None)
+        )
         return z, cache, rmean, rvar
 
     def conv_bn_backward(self, g: Any, cache: Any, need_dx: bool) -> tuple[Any, ...]:
         if not isinstance(cache, _Fused):
             return super().conv_bn_backward(g, cache, need_dx)  # type: ignore[misc, no-any-return]
-        x, (w, _, stride, padding), y, mean, inv_std, scale, pdims, base, am, z = cache
+        x, (w, _, stride, padding), y, mean, inv_std, scale, pdims, blocked, base, am, z = cache
         n, f, oh, ow = (int(s) for s in y.shape)
         dt = y.dtype
         g = np.ascontiguousarray(g, dtype=dt)
@@ -176,6 +193,15 @@ class NumpyBlockOps:
             dd = d[a:e] * scale4
             if am is None:
                 gy += dd
+            elif blocked:  # the window positions' planes, contiguous
+                planes = gy.reshape(e - a, f, 4, -1)
+                ama, dd3 = am[a:e].reshape(e - a, f, -1), dd.reshape(e - a, f, -1)
+                mask = np.empty(dd3.shape, bool)
+                tmp = np.empty_like(dd3)
+                for i in range(4):
+                    np.equal(ama, i, out=mask)
+                    np.multiply(dd3, mask, out=tmp)
+                    planes[:, :, i] += tmp
             else:
                 kh, kw, sh, sw, _, _, poh, pow_ = pdims
                 mask = np.empty(dd.shape, bool)
@@ -185,7 +211,9 @@ class NumpyBlockOps:
                     np.equal(am[a:e], i, out=mask)
                     np.multiply(dd, mask, out=tmp)
                     np.add(dst, tmp, out=dst)
-            dxa, dwa, dba = self.conv2d_backward(gy, x[a:e], w, stride, padding, need_dx)  # type: ignore[attr-defined]
+            dxa, dwa, dba = self.conv2d_backward(  # type: ignore[attr-defined]
+                gy, x[a:e], w, stride, padding, need_dx, blocked=blocked
+            )
             if dx is not None:
                 dx[a:e] = dxa
             parts[a] = (dwa, dba)

@@ -84,6 +84,14 @@ def _maxpool_2x2(
     window indices into ``am``."""
     a, b = _win(xp_, 0, 0, sh, sw, oh, ow), _win(xp_, 0, 1, sh, sw, oh, ow)
     c, d = _win(xp_, 1, 0, sh, sw, oh, ow), _win(xp_, 1, 1, sh, sw, oh, ow)
+    max4(a, b, c, d, y, am)
+
+
+def max4(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, y: np.ndarray, am: np.ndarray
+) -> None:
+    """The maximum of the window positions ``a`` (0, 0), ``b`` (0, 1), ``c`` (1, 0), ``d``
+    (1, 1) into ``y`` and the index of the first one holding it (row-major) into ``am``."""
     m0 = np.maximum(a, b)
     m1 = np.maximum(c, d)
     i0 = np.greater(b, a).view(np.int8)  # 0 or 1: the column of row 0's maximum
@@ -134,10 +142,16 @@ class _Geo:
 
     __slots__ = (
         *("n", "c", "h", "w", "f", "kh", "kw", "sh", "sw", "ph", "pw", "oh", "ow"),
-        *("k", "l", "per", "nhwc"),
+        *("k", "l", "per", "nhwc", "blocked"),
     )
 
-    def __init__(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], dims: tuple[int, ...]):
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        w_shape: tuple[int, ...],
+        dims: tuple[int, ...],
+        blocked: bool = False,
+    ):
         self.n, self.c, self.h, self.w = (int(s) for s in x_shape)
         self.f = int(w_shape[0])
         self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.oh, self.ow = dims
@@ -145,6 +159,20 @@ class _Geo:
         self.l = self.oh * self.ow
         self.per = max(1, CHUNK_ELEMS // max(1, self.k * self.l))
         self.nhwc = self.c * self.kw >= NHWC_MIN_RUN
+        if blocked and (self.oh % 2 or self.ow % 2):
+            raise ValueError(f"blocked pixel order needs an even output size, got {dims[6:]}")
+        self.blocked = blocked
+
+    def pixels(self, m: int) -> tuple[tuple[int, ...], tuple[tuple[int, int, int], ...]]:
+        """The output pixels of ``m`` images as gather axes: ``(shape, (image, row, column)
+        multipliers)`` in the order the pixels are stored: ``(m, OH, OW)``, or blocked
+        ``(m, 2, 2, OH/2, OW/2)``: the pixel ``(2r + i, 2c + j)`` at ``(i, j, r, c)``, so
+        each position of the 2x2 max-pool windows is a contiguous plane."""
+        if not self.blocked:
+            return (m, self.oh, self.ow), ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+        return (m, 2, 2, self.oh // 2, self.ow // 2), (
+            (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 2, 0), (0, 0, 2),
+        )  # fmt: skip
 
     def chunks(self) -> Iterator[tuple[int, int]]:
         """``(first image, images)`` of each chunk."""
@@ -170,11 +198,21 @@ class NumpyConvOps(ConvOps):
             buf = tls.bufs[key] = np.empty(size, dtype)
         return buf[:size]
 
-    def _channels_last(self, x: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
-        """``x`` (N, C, H, W) as a zero-padded channels-last (N, H+2ph, W+2pw, C) copy."""
+    def _channels_last(
+        self, x: np.ndarray, g: _Geo, dt: np.dtype[Any], planes: bool = False
+    ) -> np.ndarray:
+        """``x`` (N, C, H, W) as a zero-padded channels-last (N, H+2ph, W+2pw, C) copy;
+        ``planes``: ``x``'s pixels are in :meth:`conv2d`'s blocked order (put in place by
+        the same copy)."""
         h, w, ph, pw = g.h, g.w, g.ph, g.pw
         xh = self._padded_nhwc("in", (g.n, h, w, g.c), ph, pw, dt)
-        np.copyto(xh[:, ph : ph + h, pw : pw + w], x.transpose(0, 2, 3, 1), casting="same_kind")
+        dst = xh[:, ph : ph + h, pw : pw + w]
+        if planes:  # (n, h/2, 2, w/2, 2, C) <- (n, C, 2, 2, h/2, w/2)
+            dst = dst.reshape(g.n, h // 2, 2, w // 2, 2, g.c)
+            src = x.reshape(g.n, g.c, 2, 2, h // 2, w // 2).transpose(0, 4, 2, 5, 3, 1)
+        else:
+            src = x.transpose(0, 2, 3, 1)
+        np.copyto(dst, src, casting="same_kind")
         return xh
 
     def _source(self, x: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> np.ndarray:
@@ -187,15 +225,20 @@ class NumpyConvOps(ConvOps):
         ``(c, i, j)`` (``w.reshape(F, -1)``'s order)."""
         part = src[n0 : n0 + m]
         cols = self._buf("cols", m * g.k * g.l, dt)
+        pshape, mult = g.pixels(m)
         if g.nhwc:
             s0, s1, s2, s3 = part.strides
-            shape = (m, g.oh, g.ow, g.kh, g.kw, g.c)
-            view = as_strided(part, shape, (s0, s1 * g.sh, s2 * g.sw, s1, s2, s3), writeable=False)
+            steps = (s0, s1 * g.sh, s2 * g.sw)
+            pix = tuple(sum(a * b for a, b in zip(mu, steps, strict=True)) for mu in mult)
+            shape = (*pshape, g.kh, g.kw, g.c)
+            view = as_strided(part, shape, (*pix, s1, s2, s3), writeable=False)
             np.copyto(cols.reshape(shape), view, casting="same_kind")
             return cols.reshape(m * g.l, g.k)
         s0, s1, s2, s3 = part.strides
-        shape = (g.c, g.kh, g.kw, m, g.oh, g.ow)
-        view = as_strided(part, shape, (s1, s2, s3, s0, s2 * g.sh, s3 * g.sw), writeable=False)
+        steps = (s0, s2 * g.sh, s3 * g.sw)
+        pix = tuple(sum(a * b for a, b in zip(mu, steps, strict=True)) for mu in mult)
+        shape = (g.c, g.kh, g.kw, *pshape)
+        view = as_strided(part, shape, (s1, s2, s3, *pix), writeable=False)
         np.copyto(cols.reshape(shape), view, casting="same_kind")
         return cols.reshape(g.k, m * g.l)
 
@@ -218,15 +261,20 @@ class NumpyConvOps(ConvOps):
         act: str | None = None,
         *,
         out: np.ndarray | None = None,
+        blocked: bool = False,
+        planes_in: bool = False,
     ) -> Any:
         """As :meth:`ConvOps.conv2d` (``act`` applied to each chunk while it is in cache);
         ``out``: a C-contiguous (N, F, OH, OW) array of the result dtype
         (``np.result_type(x, w)``: float32 for float32 inputs) to write ``y`` into
-        (returned)."""
+        (returned). ``blocked`` (even OH and OW): each image's pixels are stored in the
+        order ``(i, j, r, c)`` for the pixel ``(2r + i, 2c + j)`` (see ``_Geo.pixels``),
+        the layout of the fused training block's 2x2 max-pool; ``planes_in``: ``x``'s pixels
+        are in that order (channels-last gathers only)."""
         if act == "softmax":
             raise ValueError("conv2d: act must be an elementwise activation, not softmax")
         dims = check_conv(x.shape, w.shape, None if b is None else tuple(b.shape), stride, padding)
-        g = _Geo(x.shape, w.shape, dims)
+        g = _Geo(x.shape, w.shape, dims, blocked)
         dt = np.result_type(x.dtype, w.dtype)
         if out is None:
             out = np.empty((g.n, g.f, g.oh, g.ow), dtype=dt)
@@ -241,10 +289,22 @@ class NumpyConvOps(ConvOps):
             _split.run(
                 g.n,
                 p,
-                lambda a, e: self.conv2d(x[a:e], w, b, stride, padding, act, out=y[a:e]),
+                lambda a, e: self.conv2d(
+                    x[a:e],
+                    w,
+                    b,
+                    stride,
+                    padding,
+                    act,
+                    out=y[a:e],
+                    blocked=blocked,
+                    planes_in=planes_in,
+                ),  # fmt: skip
             )
             return out
-        src = self._source(x, g, dt)
+        if planes_in and not g.nhwc:
+            raise ValueError("conv2d: planes_in needs a channels-last gather (C*kw >= 8)")
+        src = self._channels_last(x, g, dt, planes_in) if planes_in else self._source(x, g, dt)
         wm = self._weights(w, g, dt)
         bias = None if b is None else b.astype(dt, copy=False).reshape(g.f, 1)
         o3 = out.reshape(g.n, g.f, g.l)
@@ -276,11 +336,14 @@ class NumpyConvOps(ConvOps):
         stride: Size2,
         padding: Size2,
         need_input_grad: bool = True,
+        *,
+        blocked: bool = False,
     ) -> tuple[Any | None, Any, Any]:
         """As :meth:`ConvOps.conv2d_backward`, chunk by chunk as :meth:`conv2d`: each
-        chunk's im2col matrix is gathered again (in cache) for its share of ``dw``."""
+        chunk's im2col matrix is gathered again (in cache) for its share of ``dw``.
+        ``blocked``: ``grad``'s pixels are in :meth:`conv2d`'s blocked order."""
         dims = check_conv(x.shape, w.shape, None, stride, padding)
-        g = _Geo(x.shape, w.shape, dims)
+        g = _Geo(x.shape, w.shape, dims, blocked)
         check_grad(tuple(grad.shape), (g.n, g.f, g.oh, g.ow), "conv2d_backward")
         dt = np.result_type(x.dtype, w.dtype, grad.dtype)
         g3 = grad.reshape(g.n, g.f, g.l)
@@ -289,7 +352,7 @@ class NumpyConvOps(ConvOps):
             partial: dict[int, np.ndarray] = {}
 
             def one(a: int, e: int) -> None:
-                ga = _Geo((e - a, g.c, g.h, g.w), tuple(w.shape), dims)
+                ga = _Geo((e - a, g.c, g.h, g.w), tuple(w.shape), dims, blocked)
                 partial[a] = self._dw(self._source(x[a:e], ga, dt), g3[a:e], ga, dt)
 
             _split.run(g.n, p, one)
@@ -304,6 +367,16 @@ class NumpyConvOps(ConvOps):
         db = db.astype(grad.dtype, copy=False)
         if not need_input_grad:
             return None, dw, db
+        qh, qw = g.kh - 1 - g.ph, g.kw - 1 - g.pw
+        if blocked and g.sh == g.sw == 1 and qh >= 0 and qw >= 0 and g.f * g.kw >= NHWC_MIN_RUN:
+            return self._dx_stride1(grad, w, g, dt, planes=True), dw, db
+        if blocked:  # the pixels back in place: (n, F, OH/2, 2, OW/2, 2) <- (n, F, 2, 2, ...)
+            spatial = np.empty(grad.shape, grad.dtype)
+            np.copyto(
+                spatial.reshape(g.n, g.f, g.oh // 2, 2, g.ow // 2, 2),
+                grad.reshape(g.n, g.f, 2, 2, g.oh // 2, g.ow // 2).transpose(0, 1, 4, 2, 5, 3),
+            )
+            grad, g3 = spatial, spatial.reshape(g.n, g.f, g.l)
         if g.sh == 1 and g.sw == 1:
             return self._dx_stride1(grad, w, g, dt), dw, db
         return self._dx_col2im(g3, w, g, dt), dw, db
@@ -322,7 +395,9 @@ class NumpyConvOps(ConvOps):
             dwm += np.matmul(g3[n0 : n0 + m], per, dtype=dt).sum(axis=0)
         return dwm
 
-    def _dx_stride1(self, grad: np.ndarray, w: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> Any:
+    def _dx_stride1(
+        self, grad: np.ndarray, w: np.ndarray, g: _Geo, dt: np.dtype[Any], planes: bool = False
+    ) -> Any:
         """``dx`` at stride 1: the full correlation of ``grad`` with the flipped, transposed
         kernel, i.e. :meth:`conv2d` (F in, C out) of ``grad`` padded by ``kh-1-ph`` (cropped
         where that is negative)."""
@@ -330,6 +405,8 @@ class NumpyConvOps(ConvOps):
         qh, qw = g.kh - 1 - g.ph, g.kw - 1 - g.pw
         ch, cw = max(-qh, 0), max(-qw, 0)
         gq = grad[:, :, ch : g.oh - ch, cw : g.ow - cw]
+        if planes:  # grad's pixels in blocked order, no cropping (qh, qw >= 0)
+            return self.conv2d(grad, wt, None, 1, (qh, qw), planes_in=True)
         return self.conv2d(gq, wt, None, 1, (max(qh, 0), max(qw, 0)))
 
     def _dx_col2im(self, g3: np.ndarray, w: np.ndarray, g: _Geo, dt: np.dtype[Any]) -> Any:
