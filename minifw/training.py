@@ -363,7 +363,11 @@ def fit(
                             _non_finite(f"the loss became {lf}", where_step, epoch, step, history)
                         for i in back:
                             grad = body[i]._backward(grad, i > first)
-                        bad = [key for key, m, nm in slots if not b.all_finite([m.grads[nm]])]
+                        grads = [m.grads[nm] for _, m, nm in slots]
+                        bad = [] if b.all_finite(grads) else [
+                            key for (key, _, _), g in zip(slots, grads, strict=True)
+                            if not b.all_finite([g])
+                        ]  # fmt: skip
                         if bad:
                             _non_finite(
                                 f"the gradient of {', '.join(bad)} is not finite", where_step,
@@ -371,7 +375,11 @@ def fit(
                             )  # fmt: skip
                         saved = [(m, nm, b.copy(m.get_param(nm))) for _, m, nm in slots]
                         opt.step(model)
-                        bad = [key for key, m, nm in slots if not b.all_finite([m.get_param(nm)])]
+                        params = [m.get_param(nm) for _, m, nm in slots]
+                        bad = [] if b.all_finite(params) else [
+                            key for (key, _, _), p in zip(slots, params, strict=True)
+                            if not b.all_finite([p])
+                        ]  # fmt: skip
                         if bad:
                             for m, nm, old in saved:  # back to the weights before this step
                                 m._assign(nm, b.assign(m.get_param(nm), old))

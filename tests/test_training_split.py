@@ -297,3 +297,38 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 20)
     )  # fmt: skip
     per_step = float(out.stdout.strip().splitlines()[-1])
     assert per_step < 100, f"{per_step} page faults per training step; {out.stderr[-2000:]}"
+
+
+UPDATES: dict[str, tuple[str, Any]] = {
+    "sgd nesterov": ("sgd_update", lambda i: (0.1, 0.9, True, 0.01)),
+    "adam": ("adam_update", lambda i: (1e-2, (0.9, 0.999), 0.01, False, 1e-2, 1e-8)),
+    "adamw": ("adam_update", lambda i: (1e-2, (0.9, 0.999), 0.01, True, 1e-2, 1e-8)),
+    "adagrad": ("adagrad_update", lambda i: (0.01, 0.01, 1e-10, 0.1, i == 0)),
+    "rmsprop centered": ("rmsprop_update", lambda i: (0.01, 0.99, 1e-8, 0.01, 0.9, True)),
+}
+
+
+@pytest.mark.parametrize("name", list(UPDATES), ids=list(UPDATES))
+def test_split_optimizer_updates_give_the_whole_updates_bits(split3: Any, name: str) -> None:
+    """In a split step the optimizers' elementwise update of the flat buffers runs in
+    ranges, once their state exists (the first call runs whole and creates it): the same
+    bits as whole updates."""
+    b, seen = split3
+    method, args = UPDATES[name]
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(1000) for _ in range(3)]
+
+    def run(section: Any) -> np.ndarray:
+        p, st = np.linspace(-1, 1, 1000), {}
+        for i, g in enumerate(grads):
+            with section:
+                getattr(b, method)(p, g.copy(), st, *args(i))
+        return p
+
+    import contextlib
+
+    whole = run(contextlib.nullcontext())
+    assert not seen
+    parts = run(b.train_section(split=True))
+    assert seen == [(1000, 3), (1000, 3)]  # steps 2 and 3
+    np.testing.assert_array_equal(parts, whole)

@@ -30,6 +30,7 @@ from ..errors import BackendError
 from . import _gemm, _split
 from ._block_numpy import NumpyBlockOps
 from ._conv_numpy import NumpyConvOps
+from ._ops import SCRATCH
 from ._ufunc import UfuncBackend, _rows
 
 _F32, _F64 = np.dtype("float32"), np.dtype("float64")
@@ -362,6 +363,39 @@ class NumpyBackend(NumpyBlockOps, NumpyConvOps, UfuncBackend):
 
         _split.run(n, p, grad_in)
         return dx, dgamma, dbeta
+
+    # -- optimizers: the flat buffers' elementwise update split into ranges -------------
+    def _split_update(self, update: Any, p: Any, g: Any, st: dict[str, Any], *args: Any) -> Any:
+        """``update(p, g, st, *args)``, over ranges of ``p`` on several threads in a split
+        training step (elementwise: the same bits). Only once ``st`` holds every state
+        array (the update's scratch, made by its first call, says it was called before),
+        all of ``p``'s shape: a range's call then creates nothing it would lose."""
+        n = int(p.size)
+        parts = _split.parts(n, n) if p.ndim == 1 else 1
+        tmp = st.get(SCRATCH)
+        if (
+            parts == 1
+            or tmp is None
+            or g.shape != p.shape
+            or not all(isinstance(v, np.ndarray) and v.shape == p.shape for v in st.values())
+        ):
+            return update(p, g, st, *args)
+        _split.run(
+            n, parts, lambda a, e: update(p[a:e], g[a:e], {k: v[a:e] for k, v in st.items()}, *args)
+        )
+        return p
+
+    def sgd_update(self, p: Any, g: Any, st: dict[str, Any], *args: Any) -> Any:
+        return self._split_update(super().sgd_update, p, g, st, *args)
+
+    def adam_update(self, p: Any, g: Any, st: dict[str, Any], *args: Any) -> Any:
+        return self._split_update(super().adam_update, p, g, st, *args)
+
+    def adagrad_update(self, p: Any, g: Any, st: dict[str, Any], *args: Any) -> Any:
+        return self._split_update(super().adagrad_update, p, g, st, *args)
+
+    def rmsprop_update(self, p: Any, g: Any, st: dict[str, Any], *args: Any) -> Any:
+        return self._split_update(super().rmsprop_update, p, g, st, *args)
 
     def relu(self, x: Any, inplace: bool = False) -> Any:
         n = int(x.shape[0]) if x.ndim > 1 else 1
