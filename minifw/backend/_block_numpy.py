@@ -144,7 +144,7 @@ class NumpyBlockOps:
             za *= scale4
             za += beta4
             if relu:
-                np.maximum(za, 0, out=za)
+                self.relu(za.reshape(e - a, f, -1), True)  # type: ignore[attr-defined]
 
         _split.run(n, _split.parts(n, y.size), finish)
         cache = _Fused(

@@ -457,29 +457,42 @@ class NumpyConvOps(ConvOps):
 
     @staticmethod
     def _nhwc_run(shape: tuple[int, ...], steps: Sequence[tuple[Any, ...]], i: int) -> int:
-        """The end of the channels-last run that starts at step ``i`` (``i``: none)."""
-        j, after_conv = i, False
+        """The end of the channels-last run that starts at step ``i`` (``i``: none). Its
+        first convolution may have short window rows (``C*kw < NHWC_MIN_RUN``, an image's
+        first layer) when another convolution follows it in the run: its chunks are
+        gathered channels-first and multiplied into channels-last rows."""
+        j, after_conv, convs, head = i, False, 0, False
         while j < len(steps) and len(shape) == 4:
             st = steps[j]
             if st[0] == "conv":
                 w, b = st[1], st[2]
                 if shape[1] * int(w.shape[3]) < NHWC_MIN_RUN:
-                    break
+                    if j > i:
+                        break
+                    head = True
                 bs = None if b is None else tuple(b.shape)
                 dims = check_conv(shape, tuple(w.shape), bs, st[3], st[4])
                 shape, after_conv = (shape[0], int(w.shape[0]), dims[6], dims[7]), True
+                convs += 1
             elif st[0] == "maxpool" and after_conv and _pair(st[3], "padding") == (0, 0):
                 dims = geometry(shape, st[1], st[2], st[3], "maxpool2d")
                 shape, after_conv = (*shape[:2], dims[6], dims[7]), False
             else:
                 break
             j += 1
+        if head and convs < 2:  # a lone short-row convolution: NCHW is faster
+            return i
         return j
 
     def _run_nhwc(self, x: np.ndarray, steps: Sequence[tuple[Any, ...]]) -> np.ndarray:
         """One channels-last run (see :meth:`conv_chain`): ``(conv, max-pool or None)``
         blocks, each writing into the next one's padded input (two per-thread buffers,
-        alternating), the last into a new (N, F, OH, OW) array."""
+        alternating), the last into a new (N, F, OH, OW) array.
+
+        Per chunk: the GEMM, then a 2x2 max-pool of stride 2 (on planes: the chunk is
+        gathered in blocked pixel order, see ``_Geo.pixels``) or another max-pool, then the
+        bias and a ReLU on the pooled values (both commute with the maximum, exactly:
+        rounding is monotone), the ReLU writing the result into the next step's input."""
         blocks: list[list[Any]] = []
         for st in steps:
             if st[0] == "conv":
@@ -493,18 +506,23 @@ class NumpyConvOps(ConvOps):
         dst: np.ndarray = x
         for bi, (cst, pst) in enumerate(blocks):
             _, w, b, stride, padding, act = cst
-            g = _Geo(
-                shape, tuple(w.shape), check_conv(shape, tuple(w.shape), None, stride, padding)
-            )
-            if src is None:
-                src = self._channels_last(x, g, dt)
-            wm = self._weights(w, g, dt)
-            bias = None if b is None else b.astype(dt, copy=False)
-            oh, ow = g.oh, g.ow
+            dims = check_conv(shape, tuple(w.shape), None, stride, padding)
+            oh, ow = dims[6], dims[7]
+            pool_first = pst is not None and act in (None, "relu")
+            pk = (1, 1, 1, 1)  # the max-pool's kh, kw, sh, sw
             if pst is not None:
-                pkh, pkw, psh, psw, _, _, oh, ow = geometry(
-                    (n, g.f, g.oh, g.ow), pst[1], pst[2], pst[3], "maxpool2d"
-                )
+                pdims = geometry((n, int(w.shape[0]), oh, ow), pst[1], pst[2], pst[3], "maxpool2d")
+                pk, (oh_p, ow_p) = pdims[:4], pdims[6:]
+            planes = pool_first and pk == (2, 2, 2, 2) and oh % 2 == 0 and ow % 2 == 0
+            g = _Geo(shape, tuple(w.shape), dims, planes)
+            if src is None:
+                src = self._channels_last(x, g, dt) if g.nhwc else _padded(x, g.ph, g.pw, 0.0)
+            wm = self._weights(w, g, dt)
+            if not g.nhwc:
+                wm = wm.T  # (K, F): the chunk's rows come out channels-last
+            bias = None if b is None else b.astype(dt, copy=False)
+            if pst is not None:
+                oh, ow = oh_p, ow_p
             last = bi == len(blocks) - 1
             if last:
                 dst = np.empty((n, g.f, oh, ow), dt)
@@ -512,19 +530,39 @@ class NumpyConvOps(ConvOps):
             else:
                 nph, npw = _pair(blocks[bi + 1][0][4], "padding")
                 dst = self._padded_nhwc(f"chain{bi % 2}", (n, oh, ow, g.f), nph, npw, dt)
+            # the bias as one row of a chunk's (rows, W*F) view: NumPy's vector loop (2x
+            # faster than broadcasting F=16 values)
+            brow = None if bias is None else np.tile(bias, ow if pool_first else g.ow)
             for n0, m in g.chunks():
                 cols = self._gather(src, g, n0, m, dt)
                 t = self._buf("prod", m * g.l * g.f, dt).reshape(m * g.l, g.f)
-                np.dot(cols, wm, out=t)
-                if bias is not None:
-                    t += bias
-                if act is not None:
-                    self.activate(act, t, True)
-                y4 = t.reshape(m, g.oh, g.ow, g.f)
-                if pst is not None:
-                    y4 = _maxpool_nhwc(y4, pkh, pkw, psh, psw, oh, ow)
+                np.dot(cols if g.nhwc else cols.T, wm, out=t)
+                if planes:  # (m, 4, OH/2 * OW/2 * F): each window position a plane
+                    p4 = t.reshape(m, 4, -1)
+                    y4 = np.maximum(p4[:, 0], p4[:, 1])
+                    np.maximum(y4, p4[:, 2], out=y4)
+                    np.maximum(y4, p4[:, 3], out=y4)
+                    y4 = y4.reshape(m, oh, ow, g.f)
+                else:
+                    y4 = t.reshape(m, g.oh, g.ow, g.f)
+                    if pool_first:
+                        y4 = _maxpool_nhwc(y4, *pk, oh, ow)
+                if brow is not None:
+                    y3 = y4.reshape(m, y4.shape[1], -1)
+                    np.add(y3, brow, out=y3)
+                if act is not None and act != "relu":
+                    self.activate(act, y4, True)
+                if pst is not None and not pool_first:
+                    y4 = _maxpool_nhwc(y4, *pk, oh, ow)
                 if last:
+                    if act == "relu":
+                        self.activate("relu", y4.reshape(m, oh, ow * g.f), True)
                     np.copyto(dst[n0 : n0 + m], y4.transpose(0, 3, 1, 2))
+                elif act == "relu":  # rows of OW*C elements: NumPy's vector loop
+                    out = dst[n0 : n0 + m, nph : nph + oh, npw : npw + ow]
+                    y3 = y4.reshape(m, oh, ow * g.f)
+                    zero = self.zero_for(y3)  # type: ignore[attr-defined]
+                    np.maximum(y3, zero, out=out.reshape(m, oh, ow * g.f))
                 else:
                     np.copyto(dst[n0 : n0 + m, nph : nph + oh, npw : npw + ow], y4)
             src, shape = dst, (n, g.f, oh, ow)
