@@ -9,9 +9,9 @@ The network (images (N, 1, 28, 28), pixels / 255, float32)::
 
 Adam, batch 100, cross-entropy; the learning rate is 1e-3 for the first half of the
 epochs, then halved at every epoch (a constant 1e-3 plateaued at 0.9125 after 10 epochs;
-see :func:`lr_at`); on a shared 2-core machine the 10 epochs ended at 0.9150 test
-accuracy, 0.9161 at best (epoch 8), against PyTorch's 0.9165, at 8.8 s per epoch (PyTorch
-6.3 s; each minifw step split over both cores, see the README). Each
+see :func:`lr_at`); on a shared 2-core machine the 10 epochs ended at 0.9165 test
+accuracy against PyTorch's 0.9151, at 5.9 s per epoch (PyTorch 6.7 s; each minifw step
+split over both cores, each conv-BN-pool-ReLU one fused step, see the README). Each
 epoch is one ``model.fit(..., epochs=1, seed=s)`` call with one Adam instance throughout;
 PyTorch (``torch.nn`` modules initialised with minifw's initial weights, ``torch.optim.Adam``)
 visits the training images in the same order (``np.random.default_rng(s).permutation``, the

@@ -13,7 +13,10 @@ NumPy does faster still.
   held to one thread per call (``parallel_section``);
 * ``train_section(split=True)`` (``fit`` of a model with convolutions, pools or
   BatchNorm): BLAS on one thread, and the step's heavy operations (convolution, pooling,
-  BatchNorm, ReLU, Dense) split over the batch on every core (see :mod:`._split`).
+  BatchNorm, ReLU, Dense, the optimizer's update) split over the batch on every core (see
+  :mod:`._split`); ``fit``'s fused Conv2D-BatchNorm-MaxPool2D-ReLU blocks in two phases each
+  way (:mod:`._block_numpy`). Every ``train_section`` first moves glibc's malloc thresholds
+  up once per process (:func:`_raise_malloc_thresholds`).
 """
 
 from __future__ import annotations
