@@ -70,8 +70,11 @@ SMALL_ROWS = 16
 #: about this many elements of its widest per-sample activation, between GROUP_MIN_ROWS
 #: and GROUP_MAX_ROWS samples (GROUP_MAX_ROWS <= MIN_CHUNK_ROWS: a fused Dense run inside
 #: a chunk is one block, never split again). Measured on DeepConvNet at batch 2,000 (2
-#: cores): 2 MB of activation per chunk 176 ms, 1 MB 180 ms, 8 MB 210 ms, 512 KB 206 ms.
-GROUP_CHUNK_ELEMS = 1 << 19
+#: cores): 2 MB of activation per chunk 176 ms, 1 MB 180 ms, 8 MB 210 ms, 512 KB 206 ms;
+#: after the conv chains' planes and larger chunks (paired, against 2 MB): 4 MB DeepConvNet
+#: 0.935 at batch 100, 1.005 at 1,000; SimpleConvNet 0.89 at 100, 0.91 at 3,000; 8 MB
+#: 1.04 (DeepConvNet, 1,000).
+GROUP_CHUNK_ELEMS = 1 << 20
 GROUP_MIN_ROWS = 8
 GROUP_MAX_ROWS = 256
 
