@@ -43,6 +43,10 @@ class ConvBlock:
         return sum(m.num_parameters() for m in self.layers)
 
     def _forward(self, x: Any, owned: bool, train: bool) -> tuple[Any, bool]:
+        if not train:  # (fit trains; an eval-mode pass is the layers' own)
+            for m in self.layers:
+                x, owned = m._forward(x, owned, False)
+            return x, owned
         conv, bn, pool = self.conv, self.bn, self.pool
         shape = tuple(int(s) for s in x.shape)
         conv._check_input(shape)  # each layer's own ShapeError, as unfused

@@ -204,3 +204,16 @@ def test_blocked_convolution_is_the_same_convolution_with_its_pixels_planed(
         np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12, err_msg=name)
     with pytest.raises(ValueError, match="even output size"):
         b.conv2d(x[:, :, :7], w, bias, 1, 1, blocked=True)
+
+
+def test_a_block_in_eval_mode_is_its_layers_eval_forward() -> None:
+    model = _net(size=12)
+    x, _ = _data(size=12)
+    (block,) = [
+        b for b in _train_blocks.fuse(list(model)) if isinstance(b, _train_blocks.ConvBlock)
+    ]
+    got, _ = block._forward(x, False, False)
+    want = x
+    for m in block.layers:
+        want, _ = m._forward(want, False, False)
+    np.testing.assert_array_equal(got, want)
