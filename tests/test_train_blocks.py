@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minifw as mf
 from minifw import _train_blocks
@@ -217,3 +219,52 @@ def test_a_block_in_eval_mode_is_its_layers_eval_forward() -> None:
     for m in block.layers:
         want, _ = m._forward(want, False, False)
     np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    c=st.integers(1, 4),
+    f=st.integers(1, 5),
+    size=st.tuples(st.integers(4, 9), st.integers(4, 9)),
+    stride=st.integers(1, 2),
+    pool=st.sampled_from([None, (2, 2), (3, 2), (2, 1), ((2, 3), (1, 2))]),
+    relu=st.booleans(),
+    signs=st.lists(st.sampled_from([-1.0, 1.0]), min_size=5, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_numpy_fused_block_equals_the_generic_composition(
+    n: int, c: int, f: int, size: tuple[int, int], stride: int, pool: Any, relu: bool,
+    signs: list[float], seed: int,
+) -> None:  # fmt: skip
+    """NumPy's fused conv_bn_train / conv_bn_backward equal the backend's generic version
+    (the layers' operations in turn) in float64: outputs, running statistics, gradients."""
+    from minifw.backend._ops import Ops
+
+    b = mf.backend.get("numpy")
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal((n, c, *size)) * 2) / 2  # ties in the windows
+    w = rng.standard_normal((f, c, 3, 3))
+    conv = (w, rng.standard_normal(f), stride, 1)
+    gamma = rng.uniform(0.5, 2.0, f) * np.array(signs[:f])
+    oh = (size[0] + 2 - 3) // stride + 1
+    ow = (size[1] + 2 - 3) // stride + 1
+    if pool is not None and (oh < np.max(pool[0]) or ow < np.max(pool[0])):
+        pool = None
+    if n * oh * ow < 2:
+        return
+    outs = []
+    for fn in (b.conv_bn_train, lambda *a: Ops.conv_bn_train(b, *a)):
+        rm, rv = np.zeros(f), np.ones(f)
+        z, cache, rm, rv = fn(
+            x, conv, (gamma, np.linspace(-1, 1, f), rm, rv, 0.1, 1e-5), pool, relu
+        )
+        outs.append((z, cache, rm, rv))
+    (z1, c1, rm1, rv1), (z2, c2, rm2, rv2) = outs
+    for a, e in ((z1, z2), (rm1, rm2), (rv1, rv2)):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
+    g = rng.standard_normal(z1.shape)
+    got = b.conv_bn_backward(g, c1, True)
+    want = Ops.conv_bn_backward(b, g, c2, True)
+    for name, a, e in zip(("dx", "dw", "db", "dgamma", "dbeta"), got, want, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-9, err_msg=name)
