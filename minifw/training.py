@@ -274,8 +274,7 @@ def fit(
     opt = _optim.get(optimizer if optimizer is not None else "adam")
     mods, fusable = _plan(model)
     fused = fusable and isinstance(loss_obj, _losses.CrossEntropy) and not loss_obj.from_logits
-    first = next((i for i, m in enumerate(mods) if m.num_parameters()), None)
-    if first is None:
+    if not any(m.num_parameters() for m in mods):
         raise ValueError(f"{where}: the model has no parameters to train")
 
     b = model.backend

@@ -45,12 +45,6 @@ class _Fused(tuple):  # type: ignore[type-arg]
     __slots__ = ()
 
 
-def _ordered_sum(parts: dict[int, Any]) -> Any:
-    """The sum of ``parts`` in the order of their keys (the same bits every run)."""
-    order = [parts[a] for a in sorted(parts)]
-    return sum(order[1:], order[0])
-
-
 class NumpyBlockOps:
     """The fused block on NumPy, over :class:`NumpyConvOps` and :class:`UfuncBackend`."""
 
@@ -104,8 +98,8 @@ class NumpyBlockOps:
 
         _split.run(n, _split.parts(n, n * k * lsz), conv_stats)
         m = n * lsz
-        mean = _ordered_sum({a: v[0] for a, v in stats.items()}) / m
-        m2 = _ordered_sum(
+        mean = _split.ordered_sum({a: v[0] for a, v in stats.items()}) / m
+        m2 = _split.ordered_sum(
             {a: v[1] + v[2] * np.square(v[3] - mean) for a, v in stats.items()}
         )  # Chan et al.: each range's squares about its own mean, moved to the batch mean
         var = m2 / m
@@ -174,8 +168,8 @@ class NumpyBlockOps:
             sums[a] = (dg, rows.sum(axis=1).reshape(e - a, f).sum(axis=0))
 
         _split.run(n, _split.parts(n, g.size), reduce)
-        dgamma = _ordered_sum({a: v[0] for a, v in sums.items()}) * inv_std
-        dbeta = _ordered_sum({a: v[1] for a, v in sums.items()})
+        dgamma = _split.ordered_sum({a: v[0] for a, v in sums.items()}) * inv_std
+        dbeta = _split.ordered_sum({a: v[1] for a, v in sums.items()})
         m = n * oh * ow
         # gamma/std * (d - dbeta/m - xhat * dgamma/m), xhat = (y - mean) * inv_std
         alpha4 = (-(scale * inv_std) * (dgamma / m)).reshape(shape4)
@@ -219,6 +213,6 @@ class NumpyBlockOps:
             parts[a] = (dwa, dba)
 
         _split.run(n, _split.parts(n, n * k * oh * ow), back)
-        dw = _ordered_sum({a: v[0] for a, v in parts.items()})
-        db = _ordered_sum({a: v[1] for a, v in parts.items()})
+        dw = _split.ordered_sum({a: v[0] for a, v in parts.items()})
+        db = _split.ordered_sum({a: v[1] for a, v in parts.items()})
         return dx, dw, db, dgamma, dbeta

@@ -294,10 +294,7 @@ class NumpyBackend(NumpyBlockOps, NumpyConvOps, UfuncBackend):
         c = int(x.shape[1])
         m = x.size // c
         sums: dict[int, Any] = {}
-
-        def total(parts: dict[int, Any]) -> Any:
-            order = [parts[a] for a in sorted(parts)]
-            return sum(order[1:], order[0])
+        total = _split.ordered_sum
 
         def channel_sums(a: int, e: int) -> None:
             sums[a] = rows[a * c : e * c].sum(axis=1).reshape(e - a, c).sum(axis=0)
@@ -347,9 +344,8 @@ class NumpyBackend(NumpyBlockOps, NumpyConvOps, UfuncBackend):
             sums[a] = (dg, r.sum(axis=1).reshape(e - a, c).sum(axis=0))
 
         _split.run(n, p, reduce)
-        order = [sums[a] for a in sorted(sums)]
-        dgamma = sum((o[0] for o in order[1:]), order[0][0])
-        dbeta = sum((o[1] for o in order[1:]), order[0][1])
+        dgamma = _split.ordered_sum({a: v[0] for a, v in sums.items()})
+        dbeta = _split.ordered_sum({a: v[1] for a, v in sums.items()})
         if not need_dx:
             return None, dgamma, dbeta
         m = g.size // c

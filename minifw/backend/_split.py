@@ -51,6 +51,13 @@ def run(n: int, p: int, fn: Callable[[int, int], None]) -> None:
         _state.parts = old
 
 
+def ordered_sum(parts: dict[int, Any]) -> Any:
+    """The sum of the ranges' partial results ``parts`` (keyed by each range's start) in the
+    order of the ranges: the same bits every run, whatever finished first."""
+    order = [parts[a] for a in sorted(parts)]
+    return sum(order[1:], order[0])
+
+
 class TrainSection:
     """The context manager of one training step: ``blas`` (the narrow BLAS section)
     entered, and ``threads`` parts for the operations this thread calls. Reusable, by one
