@@ -280,7 +280,10 @@ OPTIONAL = {"torch", "jax", "jaxlib", "onnx", "onnxruntime", "matplotlib", "cupy
 
 
 def _all_modules() -> list[str]:
-    return ["minifw"] + sorted(n for _, n, _ in pkgutil.walk_packages(mf.__path__, "minifw."))
+    """The package's Python modules (a compiled extension, the optional kernel
+    ``minifw.backend._native``, imports nothing and has no source to parse)."""
+    found = sorted(n for _, n, _ in pkgutil.walk_packages(mf.__path__, "minifw."))
+    return ["minifw"] + [n for n in found if _is_module(n)]
 
 
 def _module_file(name: str) -> Path:

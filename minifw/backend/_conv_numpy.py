@@ -41,7 +41,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ShapeError
-from . import _split
+from . import _native_conv, _split
 from ._conv import ConvOps, Size2, _pair, check_conv, check_grad, geometry
 
 #: elements of one chunk's im2col matrix (at least one image per chunk)
@@ -510,6 +510,7 @@ class NumpyConvOps(ConvOps):
         n = shape[0]
         src: np.ndarray | None = None
         dst: np.ndarray = x
+        nat = _native_conv.kernel() if dt == np.float32 else None
         for bi, (cst, pst) in enumerate(blocks):
             _, w, b, stride, padding, act = cst
             dims = check_conv(shape, tuple(w.shape), None, stride, padding)
@@ -521,11 +522,18 @@ class NumpyConvOps(ConvOps):
                 pk, (oh_p, ow_p) = pdims[:4], pdims[6:]
             planes = pool_first and pk == (2, 2, 2, 2) and oh % 2 == 0 and ow % 2 == 0
             g = _Geo(shape, tuple(w.shape), dims, planes, CHAIN_CHUNK_ELEMS)
+            native = (
+                nat is not None
+                and dims[2:4] == (1, 1)
+                and g.f % nat[0].width(nat[1]) == 0
+                and act in (None, "relu")
+                and pk in ((1, 1, 1, 1), (2, 2, 2, 2))
+            )
             if src is None:
-                src = self._channels_last(x, g, dt) if g.nhwc else _padded(x, g.ph, g.pw, 0.0)
-            wm = self._weights(w, g, dt)
-            if not g.nhwc:
-                wm = wm.T  # (K, F): the chunk's rows come out channels-last
+                if native or g.nhwc:
+                    src = self._channels_last(x, g, dt)
+                else:
+                    src = _padded(x, g.ph, g.pw, 0.0)
             bias = None if b is None else b.astype(dt, copy=False)
             if pst is not None:
                 oh, ow = oh_p, ow_p
@@ -533,9 +541,22 @@ class NumpyConvOps(ConvOps):
             if last:
                 dst = np.empty((n, g.f, oh, ow), dt)
                 nph = npw = 0
+                view = dst.transpose(0, 2, 3, 1)
             else:
                 nph, npw = _pair(blocks[bi + 1][0][4], "padding")
                 dst = self._padded_nhwc(f"chain{bi % 2}", (n, oh, ow, g.f), nph, npw, dt)
+                view = dst[:, nph : nph + oh, npw : npw + ow]
+            if native:
+                assert nat is not None
+                wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=dt)
+                bk = np.zeros(g.f, dt) if bias is None else np.ascontiguousarray(bias)
+                scratch = self._buf("native", 2 * g.ow * g.f, dt)
+                nat[0].conv(nat[1], src, wk, bk, act == "relu", pst is not None, view, scratch)
+                src, shape = dst, (n, g.f, oh, ow)
+                continue
+            wm = self._weights(w, g, dt)
+            if not g.nhwc:
+                wm = wm.T  # (K, F): the chunk's rows come out channels-last
             # the bias as one row of a chunk's (rows, W*F) view: NumPy's vector loop (2x
             # faster than broadcasting F=16 values)
             brow = None if bias is None else np.tile(bias, ow if pool_first else g.ow)

@@ -1,0 +1,127 @@
+"""The optional compiled convolution kernel (``minifw/backend/_native.c``), through ctypes.
+
+:func:`kernel` returns the loaded kernel, or ``None`` where there is none: the extension
+was not built (no C compiler at install time), the CPU has neither AVX-512 nor AVX2+FMA,
+or the environment variable ``MINIFW_NATIVE`` says ``0`` (read at each call, so it can be
+switched in a running process). ``MINIFW_NATIVE=avx2`` uses the AVX2 build on an AVX-512
+CPU (for tests and comparisons). Any other value is an error that names the variable.
+
+Only the NumPy backend uses it (``NumpyConvOps._run_nhwc``), for stride-1 convolutions
+in float32 whose filter count is a multiple of the vector width, in the inference plan's
+chains. Its results are the same sums as im2col + GEMM in another order: they agree to
+float32 rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError
+
+ENV = "MINIFW_NATIVE"
+#: ISA codes of the C side
+_ISAS = {1: "avx512", 2: "avx2"}
+
+_lock = threading.Lock()
+_loaded: list[Any] = []  # [Kernel or None] once tried
+
+
+class Kernel:
+    """The loaded library: ``isa`` (1 AVX-512, 2 AVX2) and :meth:`conv`."""
+
+    def __init__(self, lib: ctypes.CDLL, isa: int) -> None:
+        self.lib = lib
+        self.best = isa
+        fn = lib.minifw_conv_nhwc
+        p, i, z = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
+        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, p, p, z, z, z, z]
+        fn.restype = i
+        self._fn = fn
+
+    def isa(self, value: str) -> int:
+        """The ISA to use for the ``MINIFW_NATIVE`` value ``value`` (0: none)."""
+        v = value.strip().lower()
+        if v in ("", "1", "auto", "on"):
+            return self.best
+        if v in ("0", "off", "no"):
+            return 0
+        if v in _ISAS.values():
+            want = next(k for k, n in _ISAS.items() if n == v)
+            if want < self.best:
+                raise BackendError(
+                    f"{ENV}={value!r}: this CPU has no {v} (it has {_ISAS[self.best]})"
+                )
+            return want
+        raise BackendError(f"{ENV}={value!r}: expected one of 0, 1, auto, avx512, avx2 (or unset)")
+
+    def width(self, isa: int) -> int:
+        """Floats per vector of ``isa``: the filter count must be a multiple of it."""
+        return 16 if isa == 1 else 8
+
+    def conv(
+        self,
+        isa: int,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray,
+        relu: bool,
+        pool: bool,
+        dst: np.ndarray,
+        scratch: np.ndarray,
+    ) -> None:
+        """``dst`` (n, OH, OW, F) or pooled (n, OH//2, OW//2, F), any strides, float32) =
+        the stride-1 convolution of the zero-padded channels-last ``x`` (n, Hp, Wp, C)
+        with ``w`` (KH, KW, C, F), plus ``b`` (F,), [ReLU], [2x2 max-pool of stride 2].
+        ``x``, ``w`` and ``b`` are C-contiguous float32; ``scratch`` holds 2*OW*F floats."""
+        n, hp, wp, c = x.shape
+        kh, kw, _, f = w.shape
+        oh, ow = hp - kh + 1, wp - kw + 1
+        want = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
+        ok = all(a.dtype == np.float32 for a in (x, w, b, dst, scratch))
+        ok = ok and all(a.flags.c_contiguous for a in (x, w, b, scratch))
+        ok = ok and w.shape[2] == c and b.shape == (f,) and dst.shape == want
+        if not ok or scratch.size < 2 * ow * f or f % self.width(isa):
+            raise BackendError(
+                f"the native convolution kernel got {x.shape} * {w.shape} -> {dst.shape}"
+                f" ({x.dtype}, pool={pool}): not what it computes"
+            )
+        its = dst.itemsize
+        sn, sr, sp, sf = (s // its for s in dst.strides)
+        rc = self._fn(
+            isa, x.ctypes.data, n, hp, wp, c, w.ctypes.data, kh, kw, f, b.ctypes.data,
+            int(relu), int(pool), scratch.ctypes.data, dst.ctypes.data, sn, sr, sp, sf,
+        )  # fmt: skip
+        if rc:
+            raise BackendError(f"the native convolution kernel refused {x.shape} * {w.shape}")
+
+
+def _load() -> Kernel | None:
+    try:
+        mod = importlib.import_module("minifw.backend._native")
+        lib = ctypes.CDLL(mod.__file__)
+    except (ImportError, OSError):
+        return None
+    isa = int(lib.minifw_isa())
+    return Kernel(lib, isa) if isa in _ISAS else None
+
+
+def kernel() -> tuple[Kernel, int] | None:
+    """``(kernel, isa)`` to use now, or ``None`` (see the module's docstring)."""
+    value = os.environ.get(ENV, "")
+    if value.strip() in ("0", "off", "no"):
+        return None
+    if not _loaded:
+        with _lock:
+            if not _loaded:
+                _loaded.append(_load())
+    k = _loaded[0]
+    if k is None:
+        return None
+    isa = k.isa(value)
+    return (k, isa) if isa else None
