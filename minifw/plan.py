@@ -376,7 +376,13 @@ class _ConvChain:
         return b.conv_chain(x, self._steps())
 
     def describe(self) -> str:
-        return " | ".join(s.describe() for s in self.segs)
+        """The layers in turn; a convolution that a compiled kernel computes (the NumPy
+        engine's, when it was built) is followed by its name, e.g. ``(avx512 kernel)``."""
+        kernels = self.m.backend.conv_chain_kernels(self._steps())
+        return " | ".join(
+            s.describe() + ("" if k is None else f" ({k})")
+            for s, k in zip(self.segs, kernels, strict=True)
+        )
 
 
 def _runs(segs: list[Any], member: Any, wrap: Any) -> list[Any]:

@@ -308,6 +308,11 @@ class ConvOps:
                 raise ValueError(f"conv_chain: unknown step {st[0]!r} (expected conv, maxpool)")
         return x
 
+    def conv_chain_kernels(self, steps: Sequence[tuple[Any, ...]]) -> list[str | None]:
+        """For each step of :meth:`conv_chain`, the name of the compiled kernel that an
+        engine runs it on (``None``: its array operations); here none."""
+        return [None] * len(steps)
+
     # -- pooling ------------------------------------------------------------------
     def maxpool2d(self, x: Any, kernel: Size2, stride: Size2, padding: Size2) -> tuple[Any, Any]:
         """Max pooling: ``(y, argmax)``, both (N, C, OH, OW).

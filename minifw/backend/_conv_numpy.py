@@ -451,10 +451,11 @@ class NumpyConvOps(ConvOps):
         run's result is transposed back to (N, C, H, W). Other steps run as
         :meth:`conv2d` / :meth:`maxpool2d_values`."""
         i = 0
+        nat = _native_conv.kernel() if x.dtype == np.float32 else None
         while i < len(steps):
-            j = self._nhwc_run(tuple(int(d) for d in x.shape), steps, i)
+            j = self._nhwc_run(tuple(int(d) for d in x.shape), steps, i, nat)
             if j > i:
-                x = self._run_nhwc(x, steps[i:j])
+                x = self._run_nhwc(x, steps[i:j], nat)
             else:
                 j = i + 1
                 x = super().conv_chain(x, steps[i:j])
@@ -462,17 +463,59 @@ class NumpyConvOps(ConvOps):
         return x
 
     @staticmethod
-    def _nhwc_run(shape: tuple[int, ...], steps: Sequence[tuple[Any, ...]], i: int) -> int:
+    def _native_step(
+        nat: tuple[_native_conv.Kernel, int] | None,
+        steps: Sequence[tuple[Any, ...]],
+        i: int,
+    ) -> bool:
+        """Whether the compiled kernel ``nat`` computes the convolution ``steps[i]`` (with
+        the max-pool after it, if any) in a channels-last run of float32 arrays: stride 1,
+        a filter count that is a multiple of the kernel's vector width, no activation or a
+        ReLU, and no max-pool or one of 2x2 with stride 2 and no padding."""
+        st = steps[i]
+        if nat is None or st[0] != "conv" or st[1].dtype != np.float32:
+            return False
+        w, stride, act = st[1], st[3], st[5]
+        if _pair(stride, "stride") != (1, 1) or int(w.shape[0]) % nat[0].width(nat[1]):
+            return False
+        if act not in (None, "relu"):
+            return False
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        if nxt is None or nxt[0] != "maxpool":
+            return True
+        kernel = _pair(nxt[1], "kernel_size")
+        stride_p = kernel if nxt[2] is None else _pair(nxt[2], "stride")
+        return kernel == stride_p == (2, 2) and _pair(nxt[3], "padding") == (0, 0)
+
+    def conv_chain_kernels(self, steps: Sequence[tuple[Any, ...]]) -> list[str | None]:
+        """As :meth:`ConvOps.conv_chain_kernels`: the compiled kernel's name (e.g.
+        ``"avx512 kernel"``) for each convolution it computes in :meth:`conv_chain` of
+        float32 arrays (with the max-pool after it)."""
+        nat = _native_conv.kernel()
+        name = None if nat is None else f"{_native_conv.ISA_NAMES[nat[1]]} kernel"
+        return [name if self._native_step(nat, steps, i) else None for i in range(len(steps))]
+
+    @classmethod
+    def _nhwc_run(
+        cls,
+        shape: tuple[int, ...],
+        steps: Sequence[tuple[Any, ...]],
+        i: int,
+        nat: tuple[_native_conv.Kernel, int] | None = None,
+    ) -> int:
         """The end of the channels-last run that starts at step ``i`` (``i``: none). Its
         first convolution may have short window rows (``C*kw < NHWC_MIN_RUN``, an image's
-        first layer) when another convolution follows it in the run: its chunks are
-        gathered channels-first and multiplied into channels-last rows."""
+        first layer) when another convolution follows it in the run (its chunks are
+        gathered channels-first and multiplied into channels-last rows), or when the
+        compiled kernel ``nat`` computes it."""
         j, after_conv, convs, head = i, False, 0, False
         while j < len(steps) and len(shape) == 4:
             st = steps[j]
             if st[0] == "conv":
                 w, b = st[1], st[2]
-                if shape[1] * int(w.shape[3]) < NHWC_MIN_RUN:
+                if shape[1] * int(w.shape[3]) < NHWC_MIN_RUN and not cls._native_step(
+                    nat, steps, j
+                ):
                     if j > i:
                         break
                     head = True
@@ -490,19 +533,28 @@ class NumpyConvOps(ConvOps):
             return i
         return j
 
-    def _run_nhwc(self, x: np.ndarray, steps: Sequence[tuple[Any, ...]]) -> np.ndarray:
+    def _run_nhwc(
+        self,
+        x: np.ndarray,
+        steps: Sequence[tuple[Any, ...]],
+        nat: tuple[_native_conv.Kernel, int] | None = None,
+    ) -> np.ndarray:
         """One channels-last run (see :meth:`conv_chain`): ``(conv, max-pool or None)``
         blocks, each writing into the next one's padded input (two per-thread buffers,
         alternating), the last into a new (N, F, OH, OW) array.
+
+        A block that the compiled kernel ``nat`` computes (:meth:`_native_step`) is one
+        call on all images: convolution, bias, max-pool, ReLU, written into the next
+        block's input. Otherwise:
 
         Per chunk: the GEMM, then a 2x2 max-pool of stride 2 (on planes: the chunk is
         gathered in blocked pixel order, see ``_Geo.pixels``) or another max-pool, then the
         bias and a ReLU on the pooled values (both commute with the maximum, exactly:
         rounding is monotone), the ReLU writing the result into the next step's input."""
         blocks: list[list[Any]] = []
-        for st in steps:
+        for k, st in enumerate(steps):
             if st[0] == "conv":
-                blocks.append([st, None])
+                blocks.append([st, None, self._native_step(nat, steps, k)])
             else:
                 blocks[-1][1] = st
         dt = np.result_type(x.dtype, *(blk[0][1].dtype for blk in blocks))
@@ -510,8 +562,9 @@ class NumpyConvOps(ConvOps):
         n = shape[0]
         src: np.ndarray | None = None
         dst: np.ndarray = x
-        nat = _native_conv.kernel() if dt == np.float32 else None
-        for bi, (cst, pst) in enumerate(blocks):
+        if dt != np.float32:
+            nat = None
+        for bi, (cst, pst, native) in enumerate(blocks):
             _, w, b, stride, padding, act = cst
             dims = check_conv(shape, tuple(w.shape), None, stride, padding)
             oh, ow = dims[6], dims[7]
@@ -522,13 +575,7 @@ class NumpyConvOps(ConvOps):
                 pk, (oh_p, ow_p) = pdims[:4], pdims[6:]
             planes = pool_first and pk == (2, 2, 2, 2) and oh % 2 == 0 and ow % 2 == 0
             g = _Geo(shape, tuple(w.shape), dims, planes, CHAIN_CHUNK_ELEMS)
-            native = (
-                nat is not None
-                and dims[2:4] == (1, 1)
-                and g.f % nat[0].width(nat[1]) == 0
-                and act in (None, "relu")
-                and pk in ((1, 1, 1, 1), (2, 2, 2, 2))
-            )
+            native = native and nat is not None
             if src is None:
                 if native or g.nhwc:
                     src = self._channels_last(x, g, dt)

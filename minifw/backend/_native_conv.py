@@ -25,8 +25,9 @@ import numpy as np
 from ..errors import BackendError
 
 ENV = "MINIFW_NATIVE"
-#: ISA codes of the C side
-_ISAS = {1: "avx512", 2: "avx2"}
+#: ISA codes of the C side, and their names
+ISA_NAMES = {1: "avx512", 2: "avx2"}
+_ISAS = ISA_NAMES
 
 _lock = threading.Lock()
 _loaded: list[Any] = []  # [Kernel or None] once tried
@@ -111,16 +112,22 @@ def _load() -> Kernel | None:
     return Kernel(lib, isa) if isa in _ISAS else None
 
 
+def loaded() -> Kernel | None:
+    """The compiled kernel if it was built and this CPU runs it, whatever ``MINIFW_NATIVE``
+    says (loaded once)."""
+    if not _loaded:
+        with _lock:
+            if not _loaded:
+                _loaded.append(_load())
+    return _loaded[0]  # type: ignore[no-any-return]
+
+
 def kernel() -> tuple[Kernel, int] | None:
     """``(kernel, isa)`` to use now, or ``None`` (see the module's docstring)."""
     value = os.environ.get(ENV, "")
     if value.strip() in ("0", "off", "no"):
         return None
-    if not _loaded:
-        with _lock:
-            if not _loaded:
-                _loaded.append(_load())
-    k = _loaded[0]
+    k = loaded()
     if k is None:
         return None
     isa = k.isa(value)

@@ -1,0 +1,305 @@
+"""The optional compiled convolution kernel (minifw/backend/_native.c) of the NumPy engine.
+
+The kernel itself is checked against a float64 reference on random geometries, for every
+instruction set this CPU runs (AVX-512 and AVX2 on an AVX-512 machine); through the public
+API, a model's predictions with the kernel agree with those without it
+(``MINIFW_NATIVE=0``), do not depend on how the batch is split, and
+``mf.plan.explain`` says which convolutions the kernel computes.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minifw as mf
+from minifw.backend import _native_conv
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+FLAGS = _cpu_flags()
+CAN_BUILD = (
+    sys.platform == "linux"
+    and platform.machine() in ("x86_64", "AMD64")
+    and {"avx2", "fma"} <= FLAGS
+    and shutil.which("cc") is not None
+)
+LOADED = _native_conv.loaded()
+KERNEL = None if LOADED is None else (LOADED, LOADED.best)
+needs_kernel = pytest.mark.skipif(
+    KERNEL is None, reason="no compiled kernel here (not built, or a CPU without AVX2+FMA)"
+)
+#: the instruction sets this CPU runs, by their MINIFW_NATIVE names
+ISAS = [n for k, n in _native_conv.ISA_NAMES.items() if KERNEL is not None and k >= KERNEL[1]]
+
+
+def test_the_kernel_is_built_where_it_can_be() -> None:
+    # the install (pip install -e .) compiles it on a Linux x86-64 machine with a C
+    # compiler; if it silently did not, every test below would skip
+    if not CAN_BUILD:
+        pytest.skip("not a Linux x86-64 machine with AVX2+FMA and a C compiler")
+    assert KERNEL is not None
+    best = "avx512" if "avx512f" in FLAGS else "avx2"
+    assert _native_conv.ISA_NAMES[KERNEL[1]] == best
+
+
+def _reference(x, w, b, relu, pool):
+    """float64: the stride-1 correlation of the padded NHWC x with w (KH, KW, C, F)."""
+    n, hp, wp, c = x.shape
+    kh, kw, _, f = w.shape
+    oh, ow = hp - kh + 1, wp - kw + 1
+    y = np.zeros((n, oh, ow, f))
+    mag = np.zeros((n, oh, ow, f))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = x64[:, i : i + oh, j : j + ow, :]
+            y += patch @ w64[i, j]
+            mag += np.abs(patch) @ np.abs(w64[i, j])
+    y += b
+    mag += np.abs(b)
+    if pool:
+        ph, pw = oh // 2, ow // 2
+        y = y[:, : 2 * ph, : 2 * pw].reshape(n, ph, 2, pw, 2, f).max(axis=(2, 4))
+        mag = mag[:, : 2 * ph, : 2 * pw].reshape(n, ph, 2, pw, 2, f).max(axis=(2, 4))
+    if relu:
+        y = np.maximum(y, 0)
+    return y, mag
+
+
+@needs_kernel
+@given(
+    isa=st.sampled_from(ISAS or ["avx2"]),
+    n=st.integers(1, 3),
+    c=st.integers(1, 20),
+    groups=st.integers(1, 6),
+    kh=st.integers(1, 5),
+    kw=st.integers(1, 5),
+    extra_h=st.integers(0, 9),
+    extra_w=st.integers(0, 30),
+    relu=st.booleans(),
+    pool=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_kernel_matches_a_float64_reference(
+    isa, n, c, groups, kh, kw, extra_h, extra_w, relu, pool, seed
+) -> None:
+    assert KERNEL is not None
+    k = KERNEL[0]
+    code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+    f = groups * k.width(code)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, kh + extra_h, kw + extra_w, c)).astype(np.float32)
+    w = rng.standard_normal((kh, kw, c, f)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    oh, ow = extra_h + 1, extra_w + 1
+    shape = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
+    # the output as the interior of a larger array (as the next layer's padded input):
+    # the kernel writes that view and nothing around it
+    big = np.full((n, shape[1] + 2, shape[2] + 2, f), 7.0, np.float32)
+    out = big[:, 1:-1, 1:-1]
+    k.conv(code, x, w, b, relu, pool, out, np.empty(2 * ow * f, np.float32))
+    want, mag = _reference(x, w, b, relu, pool)
+    assert out.shape == want.shape
+    assert np.all(np.abs(out - want) <= 1e-5 * mag + 1e-6)
+    border = big.copy()
+    border[:, 1:-1, 1:-1] = 7.0
+    assert np.all(border == 7.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernel_writes_channels_first_through_strides(isa: str) -> None:
+    assert KERNEL is not None
+    code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 9, 11, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 5, 16)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    y = np.empty((2, 16, 7, 9), np.float32)  # NCHW, written through its NHWC view
+    KERNEL[0].conv(
+        code, x, w, b, True, False, y.transpose(0, 2, 3, 1), np.empty(2 * 9 * 16, np.float32)
+    )
+    want, mag = _reference(x, w, b, True, False)
+    assert np.all(np.abs(y.transpose(0, 2, 3, 1) - want) <= 1e-5 * mag + 1e-6)
+
+
+@needs_kernel
+def test_kernel_rejects_what_it_does_not_compute() -> None:
+    assert KERNEL is not None
+    k, code = KERNEL
+    x = np.zeros((1, 6, 6, 3), np.float32)
+    w = np.zeros((3, 3, 3, 16), np.float32)
+    b = np.zeros(16, np.float32)
+    scratch = np.empty(2 * 4 * 16, np.float32)
+    with pytest.raises(mf.BackendError, match="native convolution kernel"):
+        k.conv(code, x, w, b, False, False, np.empty((1, 3, 4, 16), np.float32), scratch)
+    with pytest.raises(mf.BackendError, match="native convolution kernel"):
+        k.conv(
+            code,
+            x.astype(np.float64),
+            w,
+            b,
+            False,
+            False,
+            np.empty((1, 4, 4, 16), np.float32),
+            scratch,
+        )
+    with pytest.raises(mf.BackendError, match="native convolution kernel"):
+        k.conv(
+            code, x, w[..., :12], b[:12], False, False, np.empty((1, 4, 4, 12), np.float32), scratch
+        )
+
+
+# -- through the public API ----------------------------------------------------------------
+
+
+def _net(c_in: int = 1) -> mf.Sequential:
+    """A lone short-row head convolution, odd sizes, a pool that drops a row and a column,
+    one convolution the kernel cannot take (20 filters) and one it can after it."""
+    return mf.Sequential(
+        mf.Conv2D(c_in, 16, 3, padding=1),
+        mf.ReLU(),
+        mf.Conv2D(16, 32, (3, 2), padding=(1, 0)),
+        mf.ReLU(),
+        mf.MaxPool2D(2),
+        mf.Conv2D(32, 20, 3, padding=1),
+        mf.ReLU(),
+        mf.Conv2D(20, 16, 1),
+        mf.Flatten(),
+        mf.Dense(16 * 5 * 6, 10),
+    )
+
+
+def _predict(
+    model: mf.Sequential, x: np.ndarray, monkeypatch: pytest.MonkeyPatch, native: str
+) -> np.ndarray:
+    monkeypatch.setenv("MINIFW_NATIVE", native)
+    return model.predict(x)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+def test_predictions_with_and_without_the_kernel_agree(
+    isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _net()
+    x = np.random.default_rng(1).standard_normal((37, 1, 11, 13)).astype(np.float32)
+    plain = _predict(model, x, monkeypatch, "0")
+    fast = _predict(model, x, monkeypatch, isa)
+    assert fast.dtype == np.float32 and fast.shape == plain.shape == (37, 10)
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_explain_names_the_convolutions_the_kernel_computes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert KERNEL is not None
+    model = _net()
+    name = _native_conv.ISA_NAMES[KERNEL[1]]
+    monkeypatch.delenv("MINIFW_NATIVE", raising=False)
+    text = mf.plan.explain(model)
+    assert text.count(f"({name} kernel)") == 3  # not the 20-filter convolution
+    assert f"Conv2D 32→20 3x3 relu ({name}" not in text
+    monkeypatch.setenv("MINIFW_NATIVE", "0")
+    assert "kernel" not in mf.plan.explain(model)
+
+
+@needs_kernel
+@given(n=st.integers(1, 12), split=st.integers(1, 11), seed=st.integers(0, 2**31 - 1))
+def test_kernel_results_do_not_depend_on_the_batch_split(
+    n: int, split: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each output is the bias plus its products in one fixed order: bit for bit the same
+    # whatever the batch, the chunk or the thread (GEMMs do not promise that: only
+    # convolutions the kernel computes here)
+    monkeypatch.delenv("MINIFW_NATIVE", raising=False)
+    model = mf.Sequential(
+        mf.Conv2D(3, 16, 3, padding=1),
+        mf.ReLU(),
+        mf.Conv2D(16, 32, 3),
+        mf.ReLU(),
+        mf.MaxPool2D(2),
+        mf.Conv2D(32, 16, (1, 3)),
+    )
+    assert mf.plan.explain(model).count("kernel)") == 3
+    x = np.random.default_rng(seed).standard_normal((n, 3, 11, 13)).astype(np.float32)
+    whole = model.predict(x)
+    s = min(split, n)
+    parts = np.concatenate([model.predict(x[:s]), model.predict(x[s:])]) if s < n else whole
+    ones = np.concatenate([model.predict(x[i : i + 1]) for i in range(n)])
+    assert np.array_equal(whole, parts) and np.array_equal(whole, ones)
+
+
+@needs_kernel
+def test_nan_propagates_as_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mf.Sequential(
+        mf.Conv2D(1, 16, 3, padding=1), mf.ReLU(), mf.MaxPool2D(2), mf.Conv2D(16, 16, 3)
+    )
+    x = np.random.default_rng(2).standard_normal((3, 1, 10, 10)).astype(np.float32)
+    x[1, 0, 4, 5] = np.nan
+    plain = _predict(model, x, monkeypatch, "0")
+    fast = _predict(model, x, monkeypatch, "1")
+    assert np.isnan(plain).any()
+    assert np.array_equal(np.isnan(fast), np.isnan(plain))
+    np.testing.assert_allclose(fast[~np.isnan(fast)], plain[~np.isnan(plain)], rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_predict_from_several_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINIFW_NATIVE", raising=False)
+    model = _net(3)
+    xs = [
+        np.random.default_rng(i).standard_normal((20, 3, 11, 13)).astype(np.float32)
+        for i in range(4)
+    ]
+    want = [model.predict(x) for x in xs]
+    got: list[np.ndarray | None] = [None] * 4
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            got[i] = model.predict(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and np.array_equal(g, w)
+
+
+def test_a_bad_minifw_native_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    if KERNEL is None:
+        pytest.skip("no compiled kernel: MINIFW_NATIVE is not read")
+    model = _net()
+    monkeypatch.setenv("MINIFW_NATIVE", "fastest")
+    with pytest.raises(mf.BackendError, match="MINIFW_NATIVE='fastest'"):
+        model.predict(np.zeros((2, 1, 11, 13), np.float32))
+
+
+def test_float64_models_never_use_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mf.Sequential(mf.Conv2D(1, 16, 3, dtype="float64"), mf.ReLU(), mf.MaxPool2D(2))
+    monkeypatch.delenv("MINIFW_NATIVE", raising=False)
+    assert "kernel" not in mf.plan.explain(model)
+    y = model.predict(np.ones((2, 1, 6, 6)))
+    assert y.dtype == np.float64
