@@ -18,6 +18,7 @@ batch 100, Adam 1e-3, against PyTorch from the same initial weights on the same 
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -292,7 +293,25 @@ def build_conv_engines(net: ConvNet, x: np.ndarray, notes: dict[str, str]) -> li
         "CNN cases (C1, C2)",
         "minifw on NumPy only (its other backends run the generic convolution, not measured)",
     )
+    notes[f"minifw {net.name} convolutions"] = conv_paths(model)
     return engines + peer_engines(CONV_PEERS, net, x, notes)
+
+
+def conv_paths(model: Any) -> str:
+    """How minifw computes the model's convolutions in ``predict``, from
+    ``mf.plan.explain``: how many on the compiled kernel (and which), the rest im2col +
+    GEMM."""
+    import minifw as mf
+
+    text = mf.plan.explain(model)
+    total = sum(isinstance(m, mf.Conv2D) for m in model)
+    kernels = re.findall(r"\((\w+) kernel\)", text)
+    if not kernels:
+        return f"{total} of {total} im2col + GEMM (none on the compiled kernel)"
+    return (
+        f"{len(kernels)} of {total} on the compiled {kernels[0]} kernel, "
+        f"{total - len(kernels)} im2col + GEMM"
+    )
 
 
 # -- training ----------------------------------------------------------------------------------
