@@ -22,7 +22,9 @@ def layer_by_layer(model: mf.Sequential, x: np.ndarray) -> np.ndarray:
     return np.asarray(h)
 
 
-def test_explain_groups_conv_layers_and_keeps_dense_plans() -> None:
+def test_explain_groups_conv_layers_and_keeps_dense_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    # without the compiled kernel (its labels: tests/test_native_conv.py)
+    monkeypatch.setenv("MINIFW_NATIVE", "0")
     assert plan.explain(simple_convnet()) == (
         "numpy: {Conv2D 1→30 5x5 relu | MaxPool2D 2x2 | Flatten | "
         "[Dense 4320→100 relu, Dense 100→10 softmax]}"

@@ -90,39 +90,52 @@ def _reference(x, w, b, relu, pool):
     isa=st.sampled_from(ISAS or ["avx2"]),
     n=st.integers(1, 3),
     c=st.integers(1, 20),
-    groups=st.integers(1, 6),
+    f=st.integers(1, 70),
     kh=st.integers(1, 5),
     kw=st.integers(1, 5),
     extra_h=st.integers(0, 9),
     extra_w=st.integers(0, 30),
     relu=st.booleans(),
     pool=st.booleans(),
+    bias=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_kernel_matches_a_float64_reference(
-    isa, n, c, groups, kh, kw, extra_h, extra_w, relu, pool, seed
+    isa, n, c, f, kh, kw, extra_h, extra_w, relu, pool, bias, seed
 ) -> None:
+    # any filter count: the kernel computes them padded with zero filters up to its vector
+    # width and writes the first f
     assert KERNEL is not None
     k = KERNEL[0]
     code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
-    f = groups * k.width(code)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, kh + extra_h, kw + extra_w, c)).astype(np.float32)
-    w = rng.standard_normal((kh, kw, c, f)).astype(np.float32)
-    b = rng.standard_normal(f).astype(np.float32)
+    w = rng.standard_normal((f, c, kh, kw)).astype(np.float32)  # the layer's layout
+    b = rng.standard_normal(f).astype(np.float32) if bias else None
+    wk, bk = k.weights(code, w, b)
+    assert wk.shape == (kh, kw, c, k.padded(code, f)) and wk.shape[3] % k.width(code) == 0
     oh, ow = extra_h + 1, extra_w + 1
     shape = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
     # the output as the interior of a larger array (as the next layer's padded input):
     # the kernel writes that view and nothing around it
     big = np.full((n, shape[1] + 2, shape[2] + 2, f), 7.0, np.float32)
     out = big[:, 1:-1, 1:-1]
-    k.conv(code, x, w, b, relu, pool, out, np.empty(2 * ow * f, np.float32))
-    want, mag = _reference(x, w, b, relu, pool)
+    k.conv(code, x, wk, bk, relu, pool, out, np.empty(2 * ow * wk.shape[3], np.float32))
+    want, mag = _reference(x, w.transpose(2, 3, 1, 0), np.zeros(f) if b is None else b, relu, pool)
     assert out.shape == want.shape
     assert np.all(np.abs(out - want) <= 1e-5 * mag + 1e-6)
     border = big.copy()
     border[:, 1:-1, 1:-1] = 7.0
     assert np.all(border == 7.0)
+
+
+@needs_kernel
+def test_the_kernel_takes_filter_counts_it_pads_by_at_most_a_quarter() -> None:
+    assert LOADED is not None
+    assert LOADED.padded(1, 30) == 32 and LOADED.padded(2, 30) == 32
+    assert LOADED.takes(1, 16) and LOADED.takes(1, 30) and LOADED.takes(1, 64)
+    assert not LOADED.takes(1, 10) and not LOADED.takes(1, 20)  # 16, 32: +60 %, +60 %
+    assert LOADED.takes(2, 20) and not LOADED.takes(2, 3)  # 24: +20 %; 8: +167 %
 
 
 @needs_kernel
@@ -132,13 +145,14 @@ def test_kernel_writes_channels_first_through_strides(isa: str) -> None:
     code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 9, 11, 5)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 5, 16)).astype(np.float32)
-    b = rng.standard_normal(16).astype(np.float32)
-    y = np.empty((2, 16, 7, 9), np.float32)  # NCHW, written through its NHWC view
+    w = rng.standard_normal((30, 5, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    wk, bk = KERNEL[0].weights(code, w, b)
+    y = np.empty((2, 30, 7, 9), np.float32)  # NCHW, written through its NHWC view
     KERNEL[0].conv(
-        code, x, w, b, True, False, y.transpose(0, 2, 3, 1), np.empty(2 * 9 * 16, np.float32)
+        code, x, wk, bk, True, False, y.transpose(0, 2, 3, 1), np.empty(2 * 9 * 32, np.float32)
     )
-    want, mag = _reference(x, w, b, True, False)
+    want, mag = _reference(x, w.transpose(2, 3, 1, 0), b, True, False)
     assert np.all(np.abs(y.transpose(0, 2, 3, 1) - want) <= 1e-5 * mag + 1e-6)
 
 
@@ -167,6 +181,8 @@ def test_kernel_rejects_what_it_does_not_compute() -> None:
         k.conv(
             code, x, w[..., :12], b[:12], False, False, np.empty((1, 4, 4, 12), np.float32), scratch
         )
+    with pytest.raises(mf.BackendError, match="native convolution kernel"):  # 20 > 16 filters
+        k.conv(code, x, w, b, False, False, np.empty((1, 4, 4, 20), np.float32), scratch)
 
 
 # -- through the public API ----------------------------------------------------------------
@@ -218,8 +234,10 @@ def test_explain_names_the_convolutions_the_kernel_computes(
     name = _native_conv.ISA_NAMES[KERNEL[1]]
     monkeypatch.delenv("MINIFW_NATIVE", raising=False)
     text = mf.plan.explain(model)
-    assert text.count(f"({name} kernel)") == 3  # not the 20-filter convolution
-    assert f"Conv2D 32→20 3x3 relu ({name}" not in text
+    # the 20-filter convolution: padded to 32 on AVX-512 (not taken), 24 on AVX2 (taken)
+    takes20 = KERNEL[0].takes(KERNEL[1], 20)
+    assert text.count(f"({name} kernel)") == 3 + takes20
+    assert (f"Conv2D 32→20 3x3 relu ({name} kernel)" in text) == takes20
     monkeypatch.setenv("MINIFW_NATIVE", "0")
     assert "kernel" not in mf.plan.explain(model)
 

@@ -470,13 +470,13 @@ class NumpyConvOps(ConvOps):
     ) -> bool:
         """Whether the compiled kernel ``nat`` computes the convolution ``steps[i]`` (with
         the max-pool after it, if any) in a channels-last run of float32 arrays: stride 1,
-        a filter count that is a multiple of the kernel's vector width, no activation or a
-        ReLU, and no max-pool or one of 2x2 with stride 2 and no padding."""
+        a filter count the kernel takes (``Kernel.takes``), no activation or a ReLU, and no
+        max-pool or one of 2x2 with stride 2 and no padding."""
         st = steps[i]
         if nat is None or st[0] != "conv" or st[1].dtype != np.float32:
             return False
         w, stride, act = st[1], st[3], st[5]
-        if _pair(stride, "stride") != (1, 1) or int(w.shape[0]) % nat[0].width(nat[1]):
+        if _pair(stride, "stride") != (1, 1) or not nat[0].takes(nat[1], int(w.shape[0])):
             return False
         if act not in (None, "relu"):
             return False
@@ -595,9 +595,8 @@ class NumpyConvOps(ConvOps):
                 view = dst[:, nph : nph + oh, npw : npw + ow]
             if native:
                 assert nat is not None
-                wk = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=dt)
-                bk = np.zeros(g.f, dt) if bias is None else np.ascontiguousarray(bias)
-                scratch = self._buf("native", 2 * g.ow * g.f, dt)
+                wk, bk = nat[0].weights(nat[1], w, bias)
+                scratch = self._buf("native", 2 * g.ow * int(wk.shape[3]), dt)
                 nat[0].conv(nat[1], src, wk, bk, act == "relu", pst is not None, view, scratch)
                 src, shape = dst, (n, g.f, oh, ow)
                 continue

@@ -128,6 +128,10 @@ static const int VWIDTH[2] = {16, 8};
 
 #endif /* MINIFW_X86 */
 
+/* the interface's version: Python refuses a library built from another version of this
+ * file (an extension left from an older checkout, not rebuilt) */
+int minifw_native_version(void) { return 2; }
+
 /* 1: AVX-512, 2: AVX2+FMA, 0: none */
 int minifw_isa(void)
 {
@@ -161,18 +165,20 @@ static int pick_pb(int ow, int top)
 /*
  * x: (n, Hp, Wp, C) float32, contiguous, already zero-padded; w: (KH, KW, C, F) contiguous;
  * b: (F,); scratch: at least 2 * OW * F floats (OW = Wp - KW + 1).
- * Output pixel (img, r, q) (pooled: (img, r/2, q/2)), channel f, goes to
- * dst[img * sn + r * sr + q * sp + f * sf] (element strides).
+ * Output pixel (img, r, q) (pooled: (img, r/2, q/2)), channel f < FO, goes to
+ * dst[img * sn + r * sr + q * sp + f * sf] (element strides); channels FO..F-1 are computed
+ * and dropped (the caller pads a filter count up to the vector width with zero filters).
  * isa: 1 or 2 (as minifw_isa); F must be a multiple of that ISA's vector width.
  * Returns 0, or -1 for arguments it cannot take.
  */
 int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff_t Wp,
                      ptrdiff_t C, const float *w, int KH, int KW, ptrdiff_t F, const float *b,
                      int relu, int pool, float *scratch, float *dst, ptrdiff_t sn,
-                     ptrdiff_t sr, ptrdiff_t sp, ptrdiff_t sf)
+                     ptrdiff_t sr, ptrdiff_t sp, ptrdiff_t sf, ptrdiff_t FO)
 {
 #if MINIFW_X86
-    if (isa < 1 || isa > 2 || KH < 1 || KW < 1 || Hp < KH || Wp < KW || C < 1 || F < 1)
+    if (isa < 1 || isa > 2 || KH < 1 || KW < 1 || Hp < KH || Wp < KW || C < 1 || F < 1 ||
+        FO < 1 || FO > F)
         return -1;
     const int s = isa - 1, vw = VWIDTH[s];
     if (F % vw)
@@ -207,12 +213,12 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
                     float *dq = d + q * sp;
                     if (sf == 1) {
                         if (relu)
-                            for (ptrdiff_t f = 0; f < F; f++)
+                            for (ptrdiff_t f = 0; f < FO; f++)
                                 dq[f] = relu1(src[f]);
                         else
-                            memcpy(dq, src, (size_t)F * sizeof(float));
+                            memcpy(dq, src, (size_t)FO * sizeof(float));
                     } else {
-                        for (ptrdiff_t f = 0; f < F; f++) {
+                        for (ptrdiff_t f = 0; f < FO; f++) {
                             float v = src[f];
                             dq[f * sf] = relu ? relu1(v) : v;
                         }
@@ -224,7 +230,7 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
                 for (ptrdiff_t q = 0; q < pw; q++) {
                     const float *a = r0 + 2 * q * F, *bq = r1 + 2 * q * F;
                     float *dq = d + q * sp;
-                    for (ptrdiff_t f = 0; f < F; f++) {
+                    for (ptrdiff_t f = 0; f < FO; f++) {
                         float m = maxn(maxn(a[f], a[f + F]), maxn(bq[f], bq[f + F]));
                         dq[f * sf] = relu ? relu1(m) : m;
                     }
@@ -236,7 +242,7 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
 #else
     (void)isa; (void)x; (void)n; (void)Hp; (void)Wp; (void)C; (void)w; (void)KH; (void)KW;
     (void)F; (void)b; (void)relu; (void)pool; (void)scratch; (void)dst; (void)sn; (void)sr;
-    (void)sp; (void)sf;
+    (void)sp; (void)sf; (void)FO;
     return -1;
 #endif
 }

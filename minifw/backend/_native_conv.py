@@ -7,8 +7,8 @@ switched in a running process). ``MINIFW_NATIVE=avx2`` uses the AVX2 build on an
 CPU (for tests and comparisons). Any other value is an error that names the variable.
 
 Only the NumPy backend uses it (``NumpyConvOps._run_nhwc``), for stride-1 convolutions
-in float32 whose filter count is a multiple of the vector width, in the inference plan's
-chains. Its results are the same sums as im2col + GEMM in another order: they agree to
+in float32 in the inference plan's chains, when padding the filter count up to a multiple
+of the vector width (16 floats on AVX-512, 8 on AVX2) adds at most a quarter. Its results are the same sums as im2col + GEMM in another order: they agree to
 float32 rounding, not bit for bit.
 """
 
@@ -25,6 +25,9 @@ import numpy as np
 from ..errors import BackendError
 
 ENV = "MINIFW_NATIVE"
+#: the C side's minifw_native_version() this module calls (a library built from another
+#: version of _native.c, left by an older install, is not used)
+VERSION = 2
 #: ISA codes of the C side, and their names
 ISA_NAMES = {1: "avx512", 2: "avx2"}
 _ISAS = ISA_NAMES
@@ -41,7 +44,7 @@ class Kernel:
         self.best = isa
         fn = lib.minifw_conv_nhwc
         p, i, z = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
-        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, p, p, z, z, z, z]
+        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, p, p, z, z, z, z, z]
         fn.restype = i
         self._fn = fn
 
@@ -62,8 +65,32 @@ class Kernel:
         raise BackendError(f"{ENV}={value!r}: expected one of 0, 1, auto, avx512, avx2 (or unset)")
 
     def width(self, isa: int) -> int:
-        """Floats per vector of ``isa``: the filter count must be a multiple of it."""
+        """Floats per vector of ``isa``: the kernel computes filters in multiples of it."""
         return 16 if isa == 1 else 8
+
+    def padded(self, isa: int, filters: int) -> int:
+        """``filters`` rounded up to a multiple of the vector width."""
+        v = self.width(isa)
+        return -(-filters // v) * v
+
+    def takes(self, isa: int, filters: int) -> bool:
+        """Whether a convolution with this many filters is worth the kernel: the zero
+        filters it pads them with add at most a quarter (30 -> 32 yes, 10 -> 16 no)."""
+        return filters > 0 and 4 * self.padded(isa, filters) <= 5 * filters
+
+    def weights(
+        self, isa: int, w: np.ndarray, b: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``w`` (F, C, KH, KW) and ``b`` (F,) or ``None`` as the kernel's operands: float32
+        (KH, KW, C, F') and (F',), F' = :meth:`padded` (the added filters are zeros)."""
+        f, c, kh, kw = (int(d) for d in w.shape)
+        fp = self.padded(isa, f)
+        wk = np.zeros((kh, kw, c, fp), np.float32)
+        wk[..., :f] = w.transpose(2, 3, 1, 0)
+        bk = np.zeros(fp, np.float32)
+        if b is not None:
+            bk[:f] = b
+        return wk, bk
 
     def conv(
         self,
@@ -78,16 +105,19 @@ class Kernel:
     ) -> None:
         """``dst`` (n, OH, OW, F) or pooled (n, OH//2, OW//2, F), any strides, float32) =
         the stride-1 convolution of the zero-padded channels-last ``x`` (n, Hp, Wp, C)
-        with ``w`` (KH, KW, C, F), plus ``b`` (F,), [ReLU], [2x2 max-pool of stride 2].
-        ``x``, ``w`` and ``b`` are C-contiguous float32; ``scratch`` holds 2*OW*F floats."""
+        with ``w`` (KH, KW, C, F'), plus ``b`` (F',), [ReLU], [2x2 max-pool of stride 2],
+        its first F <= F' channels. ``x``, ``w`` and ``b`` are C-contiguous float32 (``w``,
+        ``b`` from :meth:`weights`); ``scratch`` holds 2*OW*F' floats."""
         n, hp, wp, c = x.shape
-        kh, kw, _, f = w.shape
+        kh, kw, _, fp = w.shape
+        f = dst.shape[-1]
         oh, ow = hp - kh + 1, wp - kw + 1
         want = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
         ok = all(a.dtype == np.float32 for a in (x, w, b, dst, scratch))
         ok = ok and all(a.flags.c_contiguous for a in (x, w, b, scratch))
-        ok = ok and w.shape[2] == c and b.shape == (f,) and dst.shape == want
-        if not ok or scratch.size < 2 * ow * f or f % self.width(isa):
+        ok = ok and w.shape[2] == c and b.shape == (fp,) and dst.shape == want
+        ok = ok and 0 < f <= fp and fp % self.width(isa) == 0
+        if not ok or scratch.size < 2 * ow * fp:
             raise BackendError(
                 f"the native convolution kernel got {x.shape} * {w.shape} -> {dst.shape}"
                 f" ({x.dtype}, pool={pool}): not what it computes"
@@ -95,8 +125,8 @@ class Kernel:
         its = dst.itemsize
         sn, sr, sp, sf = (s // its for s in dst.strides)
         rc = self._fn(
-            isa, x.ctypes.data, n, hp, wp, c, w.ctypes.data, kh, kw, f, b.ctypes.data,
-            int(relu), int(pool), scratch.ctypes.data, dst.ctypes.data, sn, sr, sp, sf,
+            isa, x.ctypes.data, n, hp, wp, c, w.ctypes.data, kh, kw, fp, b.ctypes.data,
+            int(relu), int(pool), scratch.ctypes.data, dst.ctypes.data, sn, sr, sp, sf, f,
         )  # fmt: skip
         if rc:
             raise BackendError(f"the native convolution kernel refused {x.shape} * {w.shape}")
@@ -107,6 +137,12 @@ def _load() -> Kernel | None:
         mod = importlib.import_module("minifw.backend._native")
         lib = ctypes.CDLL(mod.__file__)
     except (ImportError, OSError):
+        return None
+    try:
+        version = int(lib.minifw_native_version())
+    except AttributeError:
+        version = 0
+    if version != VERSION:  # built from another version of _native.c: not called
         return None
     isa = int(lib.minifw_isa())
     return Kernel(lib, isa) if isa in _ISAS else None
