@@ -325,8 +325,14 @@ class _Conv(_Layer):
         return self.m._conv(x, self.act)  # type: ignore[attr-defined]
 
     def describe(self) -> str:
+        """The layer and its activation; followed by the name of the compiled kernel that
+        computes it, if any (the NumPy engine's, when it was built), e.g. ``(avx512
+        kernel)``."""
         d = self.m._describe()
-        return d if self.act is None else f"{d} {self.act}"
+        d = d if self.act is None else f"{d} {self.act}"
+        step = getattr(self.m, "_chain_step", None)
+        kernel = None if step is None else self.m.backend.conv_chain_kernels([step(self.act)])[0]
+        return d if kernel is None else f"{d} ({kernel})"
 
 
 class _ConvChain:
@@ -376,13 +382,7 @@ class _ConvChain:
         return b.conv_chain(x, self._steps())
 
     def describe(self) -> str:
-        """The layers in turn; a convolution that a compiled kernel computes (the NumPy
-        engine's, when it was built) is followed by its name, e.g. ``(avx512 kernel)``."""
-        kernels = self.m.backend.conv_chain_kernels(self._steps())
-        return " | ".join(
-            s.describe() + ("" if k is None else f" ({k})")
-            for s, k in zip(self.segs, kernels, strict=True)
-        )
+        return " | ".join(s.describe() for s in self.segs)
 
 
 def _runs(segs: list[Any], member: Any, wrap: Any) -> list[Any]:

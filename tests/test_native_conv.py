@@ -243,6 +243,34 @@ def test_explain_names_the_convolutions_the_kernel_computes(
 
 
 @needs_kernel
+def test_a_lone_convolution_and_an_unfusable_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a convolution outside a chain (the layer's own conv2d) runs on the kernel too; a
+    # max-pool the kernel cannot do on its rows (3x3, stride 2) runs after it, alone
+    assert KERNEL is not None
+    name = _native_conv.ISA_NAMES[KERNEL[1]]
+    lone = mf.Sequential(
+        mf.Conv2D(3, 16, 3, padding=1), mf.ReLU(), mf.Flatten(), mf.Dense(16 * 64, 4)
+    )
+    pooled = mf.Sequential(mf.Conv2D(3, 32, 3), mf.ReLU(), mf.MaxPool2D(3, 2), mf.Conv2D(32, 16, 2))
+    x = np.random.default_rng(3).standard_normal((9, 3, 8, 8)).astype(np.float32)
+    monkeypatch.delenv("MINIFW_NATIVE", raising=False)
+    assert f"Conv2D 3→16 3x3 relu ({name} kernel)" in mf.plan.explain(lone)
+    text = mf.plan.explain(pooled)
+    assert (
+        f"Conv2D 3→32 3x3 relu ({name} kernel) | MaxPool2D 3x3 | Conv2D 32→16 2x2 ({name} kernel)"
+        in text
+    ), text
+    for model in (lone, pooled):
+        fast = _predict(model, x, monkeypatch, "1")
+        layers = x
+        for m in model:  # the layers' own forward, eval mode
+            layers = m(layers)
+        plain = _predict(model, x, monkeypatch, "0")
+        np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layers, plain, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
 @given(n=st.integers(1, 12), split=st.integers(1, 11), seed=st.integers(0, 2**31 - 1))
 def test_kernel_results_do_not_depend_on_the_batch_split(
     n: int, split: int, seed: int, monkeypatch: pytest.MonkeyPatch

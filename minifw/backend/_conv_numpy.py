@@ -310,6 +310,15 @@ class NumpyConvOps(ConvOps):
             return out
         if planes_in and not g.nhwc:
             raise ValueError("conv2d: planes_in needs a channels-last gather (C*kw >= 8)")
+        if not (blocked or planes_in) and dt == np.float32:
+            nat = _native_conv.kernel()
+            if nat is not None and self._kernel_takes(nat, w, stride, act):
+                src = self._channels_last(x, g, dt)
+                wk, bk = nat[0].weights(nat[1], w, b)
+                scratch = self._buf("native", 2 * g.ow * int(wk.shape[3]), dt)
+                view = out.transpose(0, 2, 3, 1)
+                nat[0].conv(nat[1], src, wk, bk, act == "relu", False, view, scratch)
+                return out
         src = self._channels_last(x, g, dt, planes_in) if planes_in else self._source(x, g, dt)
         wm = self._weights(w, g, dt)
         bias = None if b is None else b.astype(dt, copy=False).reshape(g.f, 1)
@@ -463,34 +472,46 @@ class NumpyConvOps(ConvOps):
         return x
 
     @staticmethod
+    def _kernel_takes(
+        nat: tuple[_native_conv.Kernel, int] | None,
+        w: Any,
+        stride: Size2,
+        act: str | None,
+    ) -> bool:
+        """Whether the compiled kernel ``nat`` computes a convolution of float32 arrays
+        with weights ``w``: stride 1, a filter count it takes (``Kernel.takes``), no
+        activation or a ReLU."""
+        return (
+            nat is not None
+            and w.dtype == np.float32
+            and act in (None, "relu")
+            and _pair(stride, "stride") == (1, 1)
+            and nat[0].takes(nat[1], int(w.shape[0]))
+        )
+
+    @classmethod
     def _native_step(
+        cls,
         nat: tuple[_native_conv.Kernel, int] | None,
         steps: Sequence[tuple[Any, ...]],
         i: int,
     ) -> bool:
-        """Whether the compiled kernel ``nat`` computes the convolution ``steps[i]`` (with
-        the max-pool after it, if any) in a channels-last run of float32 arrays: stride 1,
-        a filter count the kernel takes (``Kernel.takes``), no activation or a ReLU, and no
-        max-pool or one of 2x2 with stride 2 and no padding."""
+        """Whether ``steps[i]`` is a convolution that the kernel ``nat`` computes."""
         st = steps[i]
-        if nat is None or st[0] != "conv" or st[1].dtype != np.float32:
-            return False
-        w, stride, act = st[1], st[3], st[5]
-        if _pair(stride, "stride") != (1, 1) or not nat[0].takes(nat[1], int(w.shape[0])):
-            return False
-        if act not in (None, "relu"):
-            return False
-        nxt = steps[i + 1] if i + 1 < len(steps) else None
-        if nxt is None or nxt[0] != "maxpool":
-            return True
-        kernel = _pair(nxt[1], "kernel_size")
-        stride_p = kernel if nxt[2] is None else _pair(nxt[2], "stride")
-        return kernel == stride_p == (2, 2) and _pair(nxt[3], "padding") == (0, 0)
+        return st[0] == "conv" and cls._kernel_takes(nat, st[1], st[3], st[5])
+
+    @staticmethod
+    def _fusable_pool(st: tuple[Any, ...]) -> bool:
+        """A max-pool step the kernel does on its convolution's rows: 2x2, stride 2, no
+        padding."""
+        kernel = _pair(st[1], "kernel_size")
+        stride = kernel if st[2] is None else _pair(st[2], "stride")
+        return kernel == stride == (2, 2) and _pair(st[3], "padding") == (0, 0)
 
     def conv_chain_kernels(self, steps: Sequence[tuple[Any, ...]]) -> list[str | None]:
         """As :meth:`ConvOps.conv_chain_kernels`: the compiled kernel's name (e.g.
         ``"avx512 kernel"``) for each convolution it computes in :meth:`conv_chain` of
-        float32 arrays (with the max-pool after it)."""
+        float32 arrays (with a 2x2 max-pool after it)."""
         nat = _native_conv.kernel()
         name = None if nat is None else f"{_native_conv.ISA_NAMES[nat[1]]} kernel"
         return [name if self._native_step(nat, steps, i) else None for i in range(len(steps))]
@@ -507,15 +528,15 @@ class NumpyConvOps(ConvOps):
         first convolution may have short window rows (``C*kw < NHWC_MIN_RUN``, an image's
         first layer) when another convolution follows it in the run (its chunks are
         gathered channels-first and multiplied into channels-last rows), or when the
-        compiled kernel ``nat`` computes it."""
-        j, after_conv, convs, head = i, False, 0, False
+        compiled kernel ``nat`` computes it. A max-pool after a convolution of the kernel
+        that it cannot do on the convolution's rows ends the run (it runs alone)."""
+        j, after_conv, convs, head, native = i, False, 0, False, False
         while j < len(steps) and len(shape) == 4:
             st = steps[j]
             if st[0] == "conv":
                 w, b = st[1], st[2]
-                if shape[1] * int(w.shape[3]) < NHWC_MIN_RUN and not cls._native_step(
-                    nat, steps, j
-                ):
+                native = cls._native_step(nat, steps, j)
+                if shape[1] * int(w.shape[3]) < NHWC_MIN_RUN and not native:
                     if j > i:
                         break
                     head = True
@@ -523,7 +544,12 @@ class NumpyConvOps(ConvOps):
                 dims = check_conv(shape, tuple(w.shape), bs, st[3], st[4])
                 shape, after_conv = (shape[0], int(w.shape[0]), dims[6], dims[7]), True
                 convs += 1
-            elif st[0] == "maxpool" and after_conv and _pair(st[3], "padding") == (0, 0):
+            elif (
+                st[0] == "maxpool"
+                and after_conv
+                and _pair(st[3], "padding") == (0, 0)
+                and (cls._fusable_pool(st) or not native)
+            ):
                 dims = geometry(shape, st[1], st[2], st[3], "maxpool2d")
                 shape, after_conv = (*shape[:2], dims[6], dims[7]), False
             else:
