@@ -130,6 +130,41 @@ def test_kernel_matches_a_float64_reference(
 
 
 @needs_kernel
+@given(
+    isa=st.sampled_from(ISAS or ["avx2"]),
+    c=st.integers(1, 9),
+    f=st.integers(1, 40),
+    half_h=st.integers(1, 5),
+    half_w=st.integers(1, 9),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_kernel_writes_the_blocked_order_of_the_training_blocks(
+    isa, c, f, half_h, half_w, relu, seed
+) -> None:
+    # conv2d(blocked=True) of the fused training blocks: pixel (2r+i, 2c+j) of channel f at
+    # [n, f, i, j, r, c] of an (N, F, OH, OW) array
+    assert KERNEL is not None
+    k = KERNEL[0]
+    code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+    rng = np.random.default_rng(seed)
+    oh, ow = 2 * half_h, 2 * half_w
+    x = rng.standard_normal((2, oh + 2, ow + 2, c)).astype(np.float32)
+    w = rng.standard_normal((f, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    wk, bk = k.weights(code, w, b)
+    y = np.empty((2, f, oh, ow), np.float32)
+    view = y.reshape(2, f, 2, 2, half_h, half_w).transpose(0, 2, 3, 4, 5, 1)
+    k.conv(code, x, wk, bk, relu, False, view, np.empty(2 * ow * wk.shape[3], np.float32))
+    want, mag = _reference(x, w.transpose(2, 3, 1, 0), b, relu, False)  # (n, OH, OW, F)
+    # the blocked planes back in pixel order
+    got = y.reshape(2, f, 2, 2, half_h, half_w).transpose(0, 4, 2, 5, 3, 1).reshape(want.shape)
+    assert np.all(np.abs(got - want) <= 1e-5 * mag + 1e-6)
+    with pytest.raises(mf.BackendError, match="native convolution kernel"):  # not with pool
+        k.conv(code, x, wk, bk, relu, True, view, np.empty(2 * ow * wk.shape[3], np.float32))
+
+
+@needs_kernel
 def test_the_kernel_takes_filter_counts_it_pads_by_at_most_a_quarter() -> None:
     assert LOADED is not None
     assert LOADED.padded(1, 30) == 32 and LOADED.padded(2, 30) == 32

@@ -310,15 +310,18 @@ class NumpyConvOps(ConvOps):
             return out
         if planes_in and not g.nhwc:
             raise ValueError("conv2d: planes_in needs a channels-last gather (C*kw >= 8)")
-        if not (blocked or planes_in) and dt == np.float32:
-            nat = _native_conv.kernel()
-            if nat is not None and self._kernel_takes(nat, w, stride, act):
-                src = self._channels_last(x, g, dt)
-                wk, bk = nat[0].weights(nat[1], w, b)
-                scratch = self._buf("native", 2 * g.ow * int(wk.shape[3]), dt)
+        nat = _native_conv.kernel() if dt == np.float32 else None
+        if nat is not None and self._kernel_takes(nat, w, stride, act):
+            src = self._channels_last(x, g, dt, planes_in)
+            wk, bk = nat[0].weights(nat[1], w, b)
+            scratch = self._buf("native", 2 * g.ow * int(wk.shape[3]), dt)
+            if blocked:  # (n, F, 2, 2, OH/2, OW/2) as (n, 2, 2, OH/2, OW/2, F)
+                view = out.reshape(g.n, g.f, 2, 2, g.oh // 2, g.ow // 2)
+                view = view.transpose(0, 2, 3, 4, 5, 1)
+            else:
                 view = out.transpose(0, 2, 3, 1)
-                nat[0].conv(nat[1], src, wk, bk, act == "relu", False, view, scratch)
-                return out
+            nat[0].conv(nat[1], src, wk, bk, act == "relu", False, view, scratch)
+            return out
         src = self._channels_last(x, g, dt, planes_in) if planes_in else self._source(x, g, dt)
         wm = self._weights(w, g, dt)
         bias = None if b is None else b.astype(dt, copy=False).reshape(g.f, 1)

@@ -130,7 +130,7 @@ static const int VWIDTH[2] = {16, 8};
 
 /* the interface's version: Python refuses a library built from another version of this
  * file (an extension left from an older checkout, not rebuilt) */
-int minifw_native_version(void) { return 2; }
+int minifw_native_version(void) { return 3; }
 
 /* 1: AVX-512, 2: AVX2+FMA, 0: none */
 int minifw_isa(void)
@@ -162,28 +162,67 @@ static int pick_pb(int ow, int top)
     return best;
 }
 
+/* one output row (OW pixels, F channels apart, in row) into dst: pixel q, channel f < FO at
+ * d[(q >> bs) * sp + (q & bs) * sj + f * sf] (bs 1: the blocked order of 2x2 windows) */
+static void store_row(const float *row, ptrdiff_t OW, ptrdiff_t F, ptrdiff_t FO, float *d,
+                      ptrdiff_t sp, ptrdiff_t sj, ptrdiff_t sf, int bs, int relu)
+{
+    if (sf == 1) { /* channels-last: each pixel's channels are contiguous */
+        for (ptrdiff_t q = 0; q < OW; q++) {
+            const float *src = row + q * F;
+            float *dq = d + (q >> bs) * sp + (q & bs) * sj;
+            if (relu)
+                for (ptrdiff_t f = 0; f < FO; f++)
+                    dq[f] = relu1(src[f]);
+            else
+                memcpy(dq, src, (size_t)FO * sizeof(float));
+        }
+        return;
+    }
+    /* channels-first: per channel, one run of pixels (two when blocked: even and odd
+     * columns), read F apart from the row (in L1) */
+    const ptrdiff_t runs = bs ? 2 : 1, len = bs ? OW / 2 : OW, step = bs ? 2 * F : F;
+    for (ptrdiff_t f = 0; f < FO; f++)
+        for (ptrdiff_t j = 0; j < runs; j++) {
+            const float *src = row + j * F + f;
+            float *df = d + f * sf + j * sj;
+            if (relu)
+                for (ptrdiff_t q = 0; q < len; q++)
+                    df[q * sp] = relu1(src[q * step]);
+            else
+                for (ptrdiff_t q = 0; q < len; q++)
+                    df[q * sp] = src[q * step];
+        }
+}
+
 /*
  * x: (n, Hp, Wp, C) float32, contiguous, already zero-padded; w: (KH, KW, C, F) contiguous;
  * b: (F,); scratch: at least 2 * OW * F floats (OW = Wp - KW + 1).
- * Output pixel (img, r, q) (pooled: (img, r/2, q/2)), channel f < FO, goes to
- * dst[img * sn + r * sr + q * sp + f * sf] (element strides); channels FO..F-1 are computed
- * and dropped (the caller pads a filter count up to the vector width with zero filters).
+ * Output pixel (img, r, q), channel f < FO, goes to
+ *   dst[img * sn + r * sr + q * sp + f * sf]                                    (plain),
+ *   dst[img * sn + (r/2) * sr + (q/2) * sp + f * sf], the max of its 2x2 window (pool),
+ *   dst[img * sn + (r%2) * si + (q%2) * sj + (r/2) * sr + (q/2) * sp + f * sf] (blocked)
+ * (element strides); channels FO..F-1 are computed and dropped (the caller pads a filter
+ * count up to the vector width with zero filters). pool and blocked exclude each other.
  * isa: 1 or 2 (as minifw_isa); F must be a multiple of that ISA's vector width.
  * Returns 0, or -1 for arguments it cannot take.
  */
 int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff_t Wp,
                      ptrdiff_t C, const float *w, int KH, int KW, ptrdiff_t F, const float *b,
-                     int relu, int pool, float *scratch, float *dst, ptrdiff_t sn,
-                     ptrdiff_t sr, ptrdiff_t sp, ptrdiff_t sf, ptrdiff_t FO)
+                     int relu, int pool, int blocked, float *scratch, float *dst, ptrdiff_t sn,
+                     ptrdiff_t sr, ptrdiff_t sp, ptrdiff_t sf, ptrdiff_t si, ptrdiff_t sj,
+                     ptrdiff_t FO)
 {
 #if MINIFW_X86
     if (isa < 1 || isa > 2 || KH < 1 || KW < 1 || Hp < KH || Wp < KW || C < 1 || F < 1 ||
-        FO < 1 || FO > F)
+        FO < 1 || FO > F || (pool && blocked))
         return -1;
     const int s = isa - 1, vw = VWIDTH[s];
     if (F % vw)
         return -1;
     const ptrdiff_t OH = Hp - KH + 1, OW = Wp - KW + 1;
+    if (blocked && (OH % 2 || OW % 2))
+        return -1;
     /* channel groups: NV vectors each (the widest of 4, 2, 1 that divides F / vw) */
     const ptrdiff_t nvec = F / vw;
     int ni = nvec % 4 == 0 ? 2 : (nvec % 2 == 0 ? 1 : 0);
@@ -194,6 +233,7 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
     const blk_fn blk = TABLE[s][ni][pb];
     const ptrdiff_t rows = pool ? (OH / 2) * 2 : OH;
     const ptrdiff_t pw = pool ? OW / 2 : OW;
+    const int bs = blocked ? 1 : 0;
     for (ptrdiff_t img = 0; img < n; img++) {
         const float *xi = x + img * Hp * Wp * C;
         for (ptrdiff_t r = 0; r < rows; r++) {
@@ -207,23 +247,8 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
                         break;
                 }
             if (!pool) {
-                float *d = dst + img * sn + r * sr;
-                for (ptrdiff_t q = 0; q < OW; q++) {
-                    const float *src = row + q * F;
-                    float *dq = d + q * sp;
-                    if (sf == 1) {
-                        if (relu)
-                            for (ptrdiff_t f = 0; f < FO; f++)
-                                dq[f] = relu1(src[f]);
-                        else
-                            memcpy(dq, src, (size_t)FO * sizeof(float));
-                    } else {
-                        for (ptrdiff_t f = 0; f < FO; f++) {
-                            float v = src[f];
-                            dq[f * sf] = relu ? relu1(v) : v;
-                        }
-                    }
-                }
+                float *d = dst + img * sn + (r >> bs) * sr + (r & bs) * si;
+                store_row(row, OW, F, FO, d, sp, sj, sf, bs, relu);
             } else if (r & 1) {
                 const float *r0 = scratch, *r1 = scratch + OW * F;
                 float *d = dst + img * sn + (r / 2) * sr;
@@ -242,7 +267,7 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
 #else
     (void)isa; (void)x; (void)n; (void)Hp; (void)Wp; (void)C; (void)w; (void)KH; (void)KW;
     (void)F; (void)b; (void)relu; (void)pool; (void)scratch; (void)dst; (void)sn; (void)sr;
-    (void)sp; (void)sf; (void)FO;
+    (void)sp; (void)sf; (void)FO; (void)blocked; (void)si; (void)sj;
     return -1;
 #endif
 }

@@ -27,7 +27,7 @@ from ..errors import BackendError
 ENV = "MINIFW_NATIVE"
 #: the C side's minifw_native_version() this module calls (a library built from another
 #: version of _native.c, left by an older install, is not used)
-VERSION = 2
+VERSION = 3
 #: ISA codes of the C side, and their names
 ISA_NAMES = {1: "avx512", 2: "avx2"}
 _ISAS = ISA_NAMES
@@ -44,7 +44,7 @@ class Kernel:
         self.best = isa
         fn = lib.minifw_conv_nhwc
         p, i, z = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
-        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, p, p, z, z, z, z, z]
+        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, i, p, p, z, z, z, z, z, z, z]
         fn.restype = i
         self._fn = fn
 
@@ -103,30 +103,39 @@ class Kernel:
         dst: np.ndarray,
         scratch: np.ndarray,
     ) -> None:
-        """``dst`` (n, OH, OW, F) or pooled (n, OH//2, OW//2, F), any strides, float32) =
-        the stride-1 convolution of the zero-padded channels-last ``x`` (n, Hp, Wp, C)
-        with ``w`` (KH, KW, C, F'), plus ``b`` (F',), [ReLU], [2x2 max-pool of stride 2],
-        its first F <= F' channels. ``x``, ``w`` and ``b`` are C-contiguous float32 (``w``,
-        ``b`` from :meth:`weights`); ``scratch`` holds 2*OW*F' floats."""
+        """``dst`` = the stride-1 convolution of the zero-padded channels-last ``x`` (n, Hp,
+        Wp, C) with ``w`` (KH, KW, C, F'), plus ``b`` (F',), [2x2 max-pool of stride 2],
+        [ReLU], its first F <= F' channels; ``dst`` (float32, any strides) is (n, OH, OW,
+        F), pooled (n, OH//2, OW//2, F), or (n, 2, 2, OH/2, OW/2, F): the pixel (2r+i,
+        2c+j) at [:, i, j, r, c] (``conv2d``'s blocked order; even OH, OW). ``x``, ``w``
+        and ``b`` are C-contiguous float32 (``w``, ``b`` from :meth:`weights`);
+        ``scratch`` holds 2*OW*F' floats."""
         n, hp, wp, c = x.shape
         kh, kw, _, fp = w.shape
         f = dst.shape[-1]
         oh, ow = hp - kh + 1, wp - kw + 1
-        want = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
+        blocked = dst.ndim == 6
+        if blocked:
+            want: tuple[int, ...] = (n, 2, 2, oh // 2, ow // 2, f)
+        else:
+            want = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
         ok = all(a.dtype == np.float32 for a in (x, w, b, dst, scratch))
         ok = ok and all(a.flags.c_contiguous for a in (x, w, b, scratch))
         ok = ok and w.shape[2] == c and b.shape == (fp,) and dst.shape == want
         ok = ok and 0 < f <= fp and fp % self.width(isa) == 0
+        ok = ok and not (blocked and (pool or oh % 2 or ow % 2))
         if not ok or scratch.size < 2 * ow * fp:
             raise BackendError(
                 f"the native convolution kernel got {x.shape} * {w.shape} -> {dst.shape}"
                 f" ({x.dtype}, pool={pool}): not what it computes"
             )
-        its = dst.itemsize
-        sn, sr, sp, sf = (s // its for s in dst.strides)
+        st = [s // dst.itemsize for s in dst.strides]
+        si, sj = (st.pop(1), st.pop(1)) if blocked else (0, 0)
+        sn, sr, sp, sf = st
         rc = self._fn(
             isa, x.ctypes.data, n, hp, wp, c, w.ctypes.data, kh, kw, fp, b.ctypes.data,
-            int(relu), int(pool), scratch.ctypes.data, dst.ctypes.data, sn, sr, sp, sf, f,
+            int(relu), int(pool), int(blocked), scratch.ctypes.data, dst.ctypes.data,
+            sn, sr, sp, sf, si, sj, f,
         )  # fmt: skip
         if rc:
             raise BackendError(f"the native convolution kernel refused {x.shape} * {w.shape}")
