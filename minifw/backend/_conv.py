@@ -33,6 +33,10 @@ Size2 = int | tuple[int, int]
 
 def _pair(v: Size2, what: str) -> tuple[int, int]:
     """``v`` as an ``(h, w)`` pair of Python ints (``TypeError`` for anything else)."""
+    if type(v) is int:  # the common cases first: this runs many times per inference call
+        return v, v
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v[0], v[1]
     if isinstance(v, tuple | list):
         if len(v) != 2:
             raise TypeError(f"{what} must be an int or a pair of ints, got {v!r}")
