@@ -384,3 +384,31 @@ def test_float64_models_never_use_the_kernel(monkeypatch: pytest.MonkeyPatch) ->
     assert "kernel" not in mf.plan.explain(model)
     y = model.predict(np.ones((2, 1, 6, 6)))
     assert y.dtype == np.float64
+
+
+def test_minifw_native_values() -> None:
+    # what each value of MINIFW_NATIVE selects, on an AVX-512 CPU and on an AVX2 one
+    k = object.__new__(_native_conv.Kernel)
+    k.best = 1  # AVX-512
+    assert [k.isa(v) for v in ("", "1", "auto", "on", " AVX512 ", "avx2", "0", "off")] == [
+        1, 1, 1, 1, 1, 2, 0, 0,
+    ]  # fmt: skip
+    k.best = 2  # AVX2 only
+    assert k.isa("") == 2 and k.isa("avx2") == 2
+    with pytest.raises(mf.BackendError, match="MINIFW_NATIVE='avx512': this CPU has no avx512"):
+        k.isa("avx512")
+    with pytest.raises(mf.BackendError, match="expected one of 0, 1, auto, avx512, avx2"):
+        k.isa("sse")
+
+
+def test_a_library_without_this_interface_version_is_not_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an extension left by an older install (or any other library) is never called with
+    # arguments it does not take: here NumPy's own extension, which has no version symbol
+    import types
+
+    umath = np._core._multiarray_umath if hasattr(np, "_core") else np.core._multiarray_umath
+    fake = types.SimpleNamespace(__file__=umath.__file__)
+    monkeypatch.setattr(_native_conv.importlib, "import_module", lambda name: fake)
+    assert _native_conv._load() is None
