@@ -51,6 +51,11 @@ needs_kernel = pytest.mark.skipif(
 ISAS = [n for k, n in _native_conv.ISA_NAMES.items() if KERNEL is not None and k >= KERNEL[1]]
 
 
+def _code(isa: str) -> int:
+    """The C side's code of the instruction set ``isa`` ("avx512", "avx2")."""
+    return next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+
+
 def test_the_kernel_is_built_where_it_can_be() -> None:
     # the install (pip install -e .) compiles it on a Linux x86-64 machine with a C
     # compiler; if it silently did not, every test below would skip
@@ -107,7 +112,7 @@ def test_kernel_matches_a_float64_reference(
     # width and writes the first f
     assert KERNEL is not None
     k = KERNEL[0]
-    code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+    code = _code(isa)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, kh + extra_h, kw + extra_w, c)).astype(np.float32)
     w = rng.standard_normal((f, c, kh, kw)).astype(np.float32)  # the layer's layout
@@ -146,7 +151,7 @@ def test_kernel_writes_the_blocked_order_of_the_training_blocks(
     # [n, f, i, j, r, c] of an (N, F, OH, OW) array
     assert KERNEL is not None
     k = KERNEL[0]
-    code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+    code = _code(isa)
     rng = np.random.default_rng(seed)
     oh, ow = 2 * half_h, 2 * half_w
     x = rng.standard_normal((2, oh + 2, ow + 2, c)).astype(np.float32)
@@ -177,7 +182,7 @@ def test_the_kernel_takes_filter_counts_it_pads_by_at_most_a_quarter() -> None:
 @pytest.mark.parametrize("isa", ISAS)
 def test_kernel_writes_channels_first_through_strides(isa: str) -> None:
     assert KERNEL is not None
-    code = next(i for i, name in _native_conv.ISA_NAMES.items() if name == isa)
+    code = _code(isa)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 9, 11, 5)).astype(np.float32)
     w = rng.standard_normal((30, 5, 3, 3)).astype(np.float32)
