@@ -318,16 +318,16 @@ def conv_paths(model: Any) -> str:
 
 
 def train_model(seed: int = 0) -> Any:
-    """The CNN of ``examples/train_convnet.py`` (conv-BN-ReLU-pool twice, Dense 1568→128,
-    ReLU, Dropout(0.3), Dense 128→10, softmax), minifw's seeded initial weights."""
+    """The CNN of ``examples/train_convnet.py`` (conv-BN-ReLU-pool twice, Dense 1568→256,
+    ReLU, Dropout(0.3), Dense 256→10, softmax), minifw's seeded initial weights."""
     import minifw as mf
 
     mf.seed(seed)
     return mf.Sequential(
         mf.Conv2D(1, 16, 3, padding=1), mf.BatchNorm(16), mf.ReLU(), mf.MaxPool2D(2),
         mf.Conv2D(16, 32, 3, padding=1), mf.BatchNorm(32), mf.ReLU(), mf.MaxPool2D(2),
-        mf.Flatten(), mf.Dense(32 * 7 * 7, 128), mf.ReLU(), mf.Dropout(0.3),
-        mf.Dense(128, 10), mf.Softmax(),
+        mf.Flatten(), mf.Dense(32 * 7 * 7, 256), mf.ReLU(), mf.Dropout(0.3),
+        mf.Dense(256, 10), mf.Softmax(),
     )  # fmt: skip
 
 
@@ -398,7 +398,7 @@ def bench_cnn_training(data_dir: Path | None, epochs: int, samples: int | None) 
     opt = mf.optim.Adam(lr=TRAIN_LR)
     res: dict[str, Any] = {
         "task": "Fashion-MNIST epoch, CNN conv16-BN-ReLU-pool, conv32-BN-ReLU-pool, "
-        "Dense 1568-128 ReLU Dropout 0.3, Dense 128-10; batch 100, Adam lr 1e-3, float32",
+        "Dense 1568-256 ReLU Dropout 0.3, Dense 256-10; batch 100, Adam lr 1e-3, float32",
         "data": what,
         "samples": int(len(x)),
         "minifw": {"seconds": [], "loss": []},
