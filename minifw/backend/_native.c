@@ -2,10 +2,13 @@
  * minifw.backend._native: an optional compiled kernel for the NumPy backend.
  *
  * One operation: a direct convolution of stride 1 on a zero-padded channels-last input,
- * with its bias, an optional ReLU and an optional 2x2 max-pool of stride 2, written
- * through arbitrary output strides. It replaces im2col + GEMM in the inference plan's
- * chains of convolutions (backend/_conv_numpy.py, ``_run_nhwc``): no im2col matrix is
- * ever written, and each output row goes through its bias, ReLU and pool while in cache.
+ * with its bias, an optional 2x2 max-pool of stride 2 and an optional ReLU, written
+ * through arbitrary output strides (channels-last into the next layer's padded input,
+ * channels-first, or the blocked pixel order of the fused training blocks). It replaces
+ * im2col + GEMM for the float32 convolutions of stride 1 of the NumPy backend
+ * (backend/_conv_numpy.py: ``conv2d`` and the conv chains' ``_run_nhwc``): no im2col
+ * matrix is ever written, and each output row goes through its pool and ReLU while in
+ * cache.
  *
  * Register blocking, as in the direct convolutions of oneDNN and ONNX Runtime's MLAS: a
  * block of PB output pixels of one row times NV vectors of output channels is held in
