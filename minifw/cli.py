@@ -69,6 +69,7 @@ def _blas_report() -> dict[str, Any]:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import minifw as mf
+    from minifw.backend import _native_conv
 
     report = {
         "minifw": mf.__version__,
@@ -77,6 +78,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "numpy": np.__version__,
         "backends": _backend_report(),
         **_blas_report(),
+        "conv_kernel": _native_conv.status(),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -98,6 +100,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"BLAS: {lib['library']} {lib['version']} ({lib['prefix']}), {lib['threads']} threads"
             + (f", {lib['threading_layer']}" if lib["threading_layer"] else "")
         )
+    print(f"conv kernel: {report['conv_kernel']}")
     return 0
 
 

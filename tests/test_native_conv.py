@@ -417,3 +417,25 @@ def test_a_library_without_this_interface_version_is_not_called(
     fake = types.SimpleNamespace(__file__=umath.__file__)
     monkeypatch.setattr(_native_conv.importlib, "import_module", lambda name: fake)
     assert _native_conv._load() is None
+
+
+def test_minifw_info_says_whether_the_kernel_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from minifw import cli
+
+    monkeypatch.delenv("MINIFW_NATIVE", raising=False)
+    assert cli.main(["info", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)["conv_kernel"]
+    if KERNEL is None:
+        assert line.startswith("none: ")
+    else:
+        assert line.startswith(_native_conv.ISA_NAMES[KERNEL[1]] + " ")
+        monkeypatch.setenv("MINIFW_NATIVE", "0")
+        assert cli.main(["info"]) == 0
+        assert "conv kernel: off (MINIFW_NATIVE='0')" in capsys.readouterr().out
+        monkeypatch.setenv("MINIFW_NATIVE", "fastest")
+        assert cli.main(["info"]) != 0
+        assert "MINIFW_NATIVE='fastest'" in capsys.readouterr().err

@@ -177,3 +177,21 @@ def kernel() -> tuple[Kernel, int] | None:
         return None
     isa = k.isa(value)
     return (k, isa) if isa else None
+
+
+def status() -> str:
+    """One line on the kernel for ``minifw info``: in use (which build), turned off, or
+    why there is none. Raises ``BackendError`` for a bad ``MINIFW_NATIVE``."""
+    k = loaded()
+    if k is None:
+        try:
+            importlib.import_module("minifw.backend._native")
+        except ImportError:
+            return "none: not built (no C compiler when minifw was installed); im2col + GEMM"
+        return (
+            "none: this CPU has neither AVX2+FMA nor AVX-512, or the build is stale; im2col + GEMM"
+        )
+    isa = k.isa(os.environ.get(ENV, ""))
+    if not isa:
+        return f"off ({ENV}={os.environ.get(ENV)!r}); im2col + GEMM"
+    return f"{ISA_NAMES[isa]} (float32 convolutions of stride 1 on NumPy; {ENV}=0 turns it off)"
