@@ -66,17 +66,18 @@ def test_the_kernel_is_built_where_it_can_be() -> None:
     assert _native_conv.ISA_NAMES[KERNEL[1]] == best
 
 
-def _reference(x, w, b, relu, pool):
-    """float64: the stride-1 correlation of the padded NHWC x with w (KH, KW, C, F)."""
+def _reference(x, w, b, relu, pool, stride=(1, 1)):
+    """float64: the correlation (of ``stride``) of the padded NHWC x with w (KH, KW, C, F)."""
     n, hp, wp, c = x.shape
     kh, kw, _, f = w.shape
-    oh, ow = hp - kh + 1, wp - kw + 1
+    sh, sw = stride
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     y = np.zeros((n, oh, ow, f))
     mag = np.zeros((n, oh, ow, f))
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     for i in range(kh):
         for j in range(kw):
-            patch = x64[:, i : i + oh, j : j + ow, :]
+            patch = x64[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
             y += patch @ w64[i, j]
             mag += np.abs(patch) @ np.abs(w64[i, j])
     y += b
@@ -100,13 +101,15 @@ def _reference(x, w, b, relu, pool):
     kw=st.integers(1, 5),
     extra_h=st.integers(0, 9),
     extra_w=st.integers(0, 30),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
     relu=st.booleans(),
     pool=st.booleans(),
     bias=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_kernel_matches_a_float64_reference(
-    isa, n, c, f, kh, kw, extra_h, extra_w, relu, pool, bias, seed
+    isa, n, c, f, kh, kw, extra_h, extra_w, sh, sw, relu, pool, bias, seed
 ) -> None:
     # any filter count: the kernel computes them padded with zero filters up to its vector
     # width and writes the first f
@@ -119,14 +122,17 @@ def test_kernel_matches_a_float64_reference(
     b = rng.standard_normal(f).astype(np.float32) if bias else None
     wk, bk = k.weights(code, w, b)
     assert wk.shape == (kh, kw, c, k.padded(code, f)) and wk.shape[3] % k.width(code) == 0
-    oh, ow = extra_h + 1, extra_w + 1
+    oh, ow = extra_h // sh + 1, extra_w // sw + 1
     shape = (n, oh // 2, ow // 2, f) if pool else (n, oh, ow, f)
     # the output as the interior of a larger array (as the next layer's padded input):
     # the kernel writes that view and nothing around it
     big = np.full((n, shape[1] + 2, shape[2] + 2, f), 7.0, np.float32)
     out = big[:, 1:-1, 1:-1]
-    k.conv(code, x, wk, bk, relu, pool, out, np.empty(2 * ow * wk.shape[3], np.float32))
-    want, mag = _reference(x, w.transpose(2, 3, 1, 0), np.zeros(f) if b is None else b, relu, pool)
+    scratch = np.empty(2 * ow * wk.shape[3], np.float32)
+    k.conv(code, x, wk, bk, relu, pool, out, scratch, (sh, sw))
+    want, mag = _reference(
+        x, w.transpose(2, 3, 1, 0), np.zeros(f) if b is None else b, relu, pool, (sh, sw)
+    )
     assert out.shape == want.shape
     assert np.all(np.abs(out - want) <= 1e-5 * mag + 1e-6)
     border = big.copy()
@@ -291,7 +297,12 @@ def test_a_lone_convolution_and_an_unfusable_pool(monkeypatch: pytest.MonkeyPatc
     lone = mf.Sequential(
         mf.Conv2D(3, 16, 3, padding=1), mf.ReLU(), mf.Flatten(), mf.Dense(16 * 64, 4)
     )
-    pooled = mf.Sequential(mf.Conv2D(3, 32, 3), mf.ReLU(), mf.MaxPool2D(3, 2), mf.Conv2D(32, 16, 2))
+    pooled = mf.Sequential(
+        mf.Conv2D(3, 32, 3),
+        mf.ReLU(),
+        mf.MaxPool2D(3, 2),
+        mf.Conv2D(32, 16, 2, stride=2, padding=1),
+    )
     x = np.random.default_rng(3).standard_normal((9, 3, 8, 8)).astype(np.float32)
     monkeypatch.delenv("MINIFW_NATIVE", raising=False)
     assert f"Conv2D 3→16 3x3 relu ({name} kernel)" in mf.plan.explain(lone)

@@ -311,7 +311,7 @@ class NumpyConvOps(ConvOps):
         if planes_in and not g.nhwc:
             raise ValueError("conv2d: planes_in needs a channels-last gather (C*kw >= 8)")
         nat = _native_conv.kernel() if dt == np.float32 else None
-        if nat is not None and self._kernel_takes(nat, w, stride, act):
+        if nat is not None and self._kernel_takes(nat, w, act):
             src = self._channels_last(x, g, dt, planes_in)
             wk, bk = nat[0].weights(nat[1], w, b)
             scratch = self._buf("native", 2 * g.ow * int(wk.shape[3]), dt)
@@ -320,7 +320,8 @@ class NumpyConvOps(ConvOps):
                 view = view.transpose(0, 2, 3, 4, 5, 1)
             else:
                 view = out.transpose(0, 2, 3, 1)
-            nat[0].conv(nat[1], src, wk, bk, act == "relu", False, view, scratch)
+            stride2 = dims[2:4]
+            nat[0].conv(nat[1], src, wk, bk, act == "relu", False, view, scratch, stride2)
             return out
         src = self._channels_last(x, g, dt, planes_in) if planes_in else self._source(x, g, dt)
         wm = self._weights(w, g, dt)
@@ -478,17 +479,15 @@ class NumpyConvOps(ConvOps):
     def _kernel_takes(
         nat: tuple[_native_conv.Kernel, int] | None,
         w: Any,
-        stride: Size2,
         act: str | None,
     ) -> bool:
         """Whether the compiled kernel ``nat`` computes a convolution of float32 arrays
-        with weights ``w``: stride 1, a filter count it takes (``Kernel.takes``), no
-        activation or a ReLU."""
+        with weights ``w``: a filter count it takes (``Kernel.takes``), no activation or a
+        ReLU (any stride and padding)."""
         return (
             nat is not None
             and w.dtype == np.float32
             and act in (None, "relu")
-            and _pair(stride, "stride") == (1, 1)
             and nat[0].takes(nat[1], int(w.shape[0]))
         )
 
@@ -501,7 +500,7 @@ class NumpyConvOps(ConvOps):
     ) -> bool:
         """Whether ``steps[i]`` is a convolution that the kernel ``nat`` computes."""
         st = steps[i]
-        return st[0] == "conv" and cls._kernel_takes(nat, st[1], st[3], st[5])
+        return st[0] == "conv" and cls._kernel_takes(nat, st[1], st[5])
 
     @staticmethod
     def _fusable_pool(st: tuple[Any, ...]) -> bool:
@@ -626,7 +625,8 @@ class NumpyConvOps(ConvOps):
                 assert nat is not None
                 wk, bk = nat[0].weights(nat[1], w, bias)
                 scratch = self._buf("native", 2 * g.ow * int(wk.shape[3]), dt)
-                nat[0].conv(nat[1], src, wk, bk, act == "relu", pst is not None, view, scratch)
+                pool = pst is not None
+                nat[0].conv(nat[1], src, wk, bk, act == "relu", pool, view, scratch, dims[2:4])
                 src, shape = dst, (n, g.f, oh, ow)
                 continue
             wm = self._weights(w, g, dt)

@@ -1,11 +1,11 @@
 /*
  * minifw.backend._native: an optional compiled kernel for the NumPy backend.
  *
- * One operation: a direct convolution of stride 1 on a zero-padded channels-last input,
+ * One operation: a direct convolution (any stride) of a zero-padded channels-last input,
  * with its bias, an optional 2x2 max-pool of stride 2 and an optional ReLU, written
  * through arbitrary output strides (channels-last into the next layer's padded input,
  * channels-first, or the blocked pixel order of the fused training blocks). It replaces
- * im2col + GEMM for the float32 convolutions of stride 1 of the NumPy backend
+ * im2col + GEMM for the float32 convolutions of the NumPy backend
  * (backend/_conv_numpy.py: ``conv2d`` and the conv chains' ``_run_nhwc``): no im2col
  * matrix is ever written, and each output row goes through its pool and ReLU while in
  * cache.
@@ -44,12 +44,13 @@ static inline float relu1(float v) { return v < 0.0f ? 0.0f : v; }
     typedef float SUF##_u __attribute__((vector_size(VW * 4), aligned(4)));                     \
     DEF_BLOCKS_##SUF(SUF, ATTR, VW)
 
-/* one block: PB pixels (input row x, pixel stride C) by NV vectors of channels (weights w,
- * row stride F, bias b) into o (pixel stride F) */
+/* one block: PB pixels (input row x; PS floats from one output pixel's window to the
+ * next: C times the stride) by NV vectors of channels (weights w, row stride F, bias b)
+ * into o (pixel stride F) */
 #define DEF_BLOCK(SUF, ATTR, VW, NV, PB)                                                       \
     ATTR static void SUF##_blk_##NV##_##PB(const float *x, const float *w, const float *b,     \
                                            float *o, ptrdiff_t C, ptrdiff_t F, ptrdiff_t Wp,   \
-                                           int KH, int KW)                                     \
+                                           int KH, int KW, ptrdiff_t PS)                       \
     {                                                                                          \
         SUF##_v acc[PB][NV];                                                                   \
         for (int v = 0; v < NV; v++) {                                                         \
@@ -66,7 +67,7 @@ static inline float relu1(float v) { return v < 0.0f ? 0.0f : v; }
                     for (int v = 0; v < NV; v++)                                               \
                         wv[v] = *(const SUF##_u *)(wr + c * F + v * VW);                       \
                     for (int p = 0; p < PB; p++) {                                             \
-                        float s = xr[p * C + c];                                               \
+                        float s = xr[p * PS + c];                                              \
                         for (int v = 0; v < NV; v++)                                           \
                             acc[p][v] += s * wv[v];                                            \
                     }                                                                          \
@@ -78,7 +79,7 @@ static inline float relu1(float v) { return v < 0.0f ? 0.0f : v; }
     }
 
 typedef void (*blk_fn)(const float *, const float *, const float *, float *, ptrdiff_t,
-                       ptrdiff_t, ptrdiff_t, int, int);
+                       ptrdiff_t, ptrdiff_t, int, int, ptrdiff_t);
 
 /* AVX-512: 32 registers; up to 24 accumulators */
 #define DEF_BLOCKS_z(SUF, ATTR, VW)                                                            \
@@ -133,7 +134,7 @@ static const int VWIDTH[2] = {16, 8};
 
 /* the interface's version: Python refuses a library built from another version of this
  * file (an extension left from an older checkout, not rebuilt) */
-int minifw_native_version(void) { return 3; }
+int minifw_native_version(void) { return 4; }
 
 /* 1: AVX-512, 2: AVX2+FMA, 0: none */
 int minifw_isa(void)
@@ -200,7 +201,7 @@ static void store_row(const float *row, ptrdiff_t OW, ptrdiff_t F, ptrdiff_t FO,
 
 /*
  * x: (n, Hp, Wp, C) float32, contiguous, already zero-padded; w: (KH, KW, C, F) contiguous;
- * b: (F,); scratch: at least 2 * OW * F floats (OW = Wp - KW + 1).
+ * b: (F,); strides SH, SW; scratch: at least 2 * OW * F floats (OW = (Wp - KW) / SW + 1).
  * Output pixel (img, r, q), channel f < FO, goes to
  *   dst[img * sn + r * sr + q * sp + f * sf]                                    (plain),
  *   dst[img * sn + (r/2) * sr + (q/2) * sp + f * sf], the max of its 2x2 window (pool),
@@ -212,18 +213,19 @@ static void store_row(const float *row, ptrdiff_t OW, ptrdiff_t F, ptrdiff_t FO,
  */
 int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff_t Wp,
                      ptrdiff_t C, const float *w, int KH, int KW, ptrdiff_t F, const float *b,
-                     int relu, int pool, int blocked, float *scratch, float *dst, ptrdiff_t sn,
+                     int SH, int SW, int relu, int pool, int blocked, float *scratch,
+                     float *dst, ptrdiff_t sn,
                      ptrdiff_t sr, ptrdiff_t sp, ptrdiff_t sf, ptrdiff_t si, ptrdiff_t sj,
                      ptrdiff_t FO)
 {
 #if MINIFW_X86
     if (isa < 1 || isa > 2 || KH < 1 || KW < 1 || Hp < KH || Wp < KW || C < 1 || F < 1 ||
-        FO < 1 || FO > F || (pool && blocked))
+        SH < 1 || SW < 1 || FO < 1 || FO > F || (pool && blocked))
         return -1;
     const int s = isa - 1, vw = VWIDTH[s];
     if (F % vw)
         return -1;
-    const ptrdiff_t OH = Hp - KH + 1, OW = Wp - KW + 1;
+    const ptrdiff_t OH = (Hp - KH) / SH + 1, OW = (Wp - KW) / SW + 1;
     if (blocked && (OH % 2 || OW % 2))
         return -1;
     /* channel groups: NV vectors each (the widest of 4, 2, 1 that divides F / vw) */
@@ -241,11 +243,12 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
         const float *xi = x + img * Hp * Wp * C;
         for (ptrdiff_t r = 0; r < rows; r++) {
             float *row = scratch + (r & 1) * OW * F;
-            const float *xr = xi + r * Wp * C;
+            const float *xr = xi + r * SH * Wp * C;
             for (ptrdiff_t f0 = 0; f0 < F; f0 += (ptrdiff_t)nv * vw)
                 for (ptrdiff_t q = 0;; q += pb) {
                     ptrdiff_t q0 = q + pb > OW ? OW - pb : q; /* the last block: shifted */
-                    blk(xr + q0 * C, w + f0, b + f0, row + q0 * F + f0, C, F, Wp, KH, KW);
+                    blk(xr + q0 * SW * C, w + f0, b + f0, row + q0 * F + f0, C, F, Wp, KH, KW,
+                        SW * C);
                     if (q0 + pb >= OW)
                         break;
                 }
@@ -269,6 +272,7 @@ int minifw_conv_nhwc(int isa, const float *x, ptrdiff_t n, ptrdiff_t Hp, ptrdiff
     return 0;
 #else
     (void)isa; (void)x; (void)n; (void)Hp; (void)Wp; (void)C; (void)w; (void)KH; (void)KW;
+    (void)SH; (void)SW;
     (void)F; (void)b; (void)relu; (void)pool; (void)scratch; (void)dst; (void)sn; (void)sr;
     (void)sp; (void)sf; (void)FO; (void)blocked; (void)si; (void)sj;
     return -1;

@@ -6,8 +6,8 @@ or the environment variable ``MINIFW_NATIVE`` says ``0`` (read at each call, so 
 switched in a running process). ``MINIFW_NATIVE=avx2`` uses the AVX2 build on an AVX-512
 CPU (for tests and comparisons). Any other value is an error that names the variable.
 
-Only the NumPy backend uses it (``NumpyConvOps._run_nhwc``), for stride-1 convolutions
-in float32 in the inference plan's chains, when padding the filter count up to a multiple
+Only the NumPy backend uses it (``NumpyConvOps.conv2d`` and the conv chains'
+``_run_nhwc``), for float32 convolutions with no activation or a ReLU, when padding the filter count up to a multiple
 of the vector width (16 floats on AVX-512, 8 on AVX2) adds at most a quarter. Its results are the same sums as im2col + GEMM in another order: they agree to
 float32 rounding, not bit for bit.
 """
@@ -27,7 +27,7 @@ from ..errors import BackendError
 ENV = "MINIFW_NATIVE"
 #: the C side's minifw_native_version() this module calls (a library built from another
 #: version of _native.c, left by an older install, is not used)
-VERSION = 3
+VERSION = 4
 #: ISA codes of the C side, and their names
 ISA_NAMES = {1: "avx512", 2: "avx2"}
 _ISAS = ISA_NAMES
@@ -44,7 +44,7 @@ class Kernel:
         self.best = isa
         fn = lib.minifw_conv_nhwc
         p, i, z = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
-        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, i, p, p, z, z, z, z, z, z, z]
+        fn.argtypes = [i, p, z, z, z, z, p, i, i, z, p, i, i, i, i, i, p, p, z, z, z, z, z, z, z]
         fn.restype = i
         self._fn = fn
 
@@ -102,9 +102,10 @@ class Kernel:
         pool: bool,
         dst: np.ndarray,
         scratch: np.ndarray,
+        stride: tuple[int, int] = (1, 1),
     ) -> None:
-        """``dst`` = the stride-1 convolution of the zero-padded channels-last ``x`` (n, Hp,
-        Wp, C) with ``w`` (KH, KW, C, F'), plus ``b`` (F',), [2x2 max-pool of stride 2],
+        """``dst`` = the convolution (of ``stride``) of the zero-padded channels-last ``x`` (n,
+        Hp, Wp, C) with ``w`` (KH, KW, C, F'), plus ``b`` (F',), [2x2 max-pool of stride 2],
         [ReLU], its first F <= F' channels; ``dst`` (float32, any strides) is (n, OH, OW,
         F), pooled (n, OH//2, OW//2, F), or (n, 2, 2, OH/2, OW/2, F): the pixel (2r+i,
         2c+j) at [:, i, j, r, c] (``conv2d``'s blocked order; even OH, OW). ``x``, ``w``
@@ -113,7 +114,10 @@ class Kernel:
         n, hp, wp, c = x.shape
         kh, kw, _, fp = w.shape
         f = dst.shape[-1]
-        oh, ow = hp - kh + 1, wp - kw + 1
+        sh, sw = stride
+        if sh < 1 or sw < 1:
+            raise BackendError(f"the native convolution kernel got stride {stride}")
+        oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
         blocked = dst.ndim == 6
         if blocked:
             want: tuple[int, ...] = (n, 2, 2, oh // 2, ow // 2, f)
@@ -133,7 +137,7 @@ class Kernel:
         si, sj = (st.pop(1), st.pop(1)) if blocked else (0, 0)
         sn, sr, sp, sf = st
         rc = self._fn(
-            isa, x.ctypes.data, n, hp, wp, c, w.ctypes.data, kh, kw, fp, b.ctypes.data,
+            isa, x.ctypes.data, n, hp, wp, c, w.ctypes.data, kh, kw, fp, b.ctypes.data, sh, sw,
             int(relu), int(pool), int(blocked), scratch.ctypes.data, dst.ctypes.data,
             sn, sr, sp, sf, si, sj, f,
         )  # fmt: skip
@@ -194,4 +198,4 @@ def status() -> str:
     isa = k.isa(os.environ.get(ENV, ""))
     if not isa:
         return f"off ({ENV}={os.environ.get(ENV)!r}); im2col + GEMM"
-    return f"{ISA_NAMES[isa]} (float32 convolutions of stride 1 on NumPy; {ENV}=0 turns it off)"
+    return f"{ISA_NAMES[isa]} (NumPy's float32 convolutions; {ENV}=0 turns it off)"
