@@ -33,11 +33,11 @@
 #define MINIFW_X86 0
 #endif
 
+#if MINIFW_X86
+
 /* the maximum (NaN if either is: as NumPy's maximum) and the ReLU (NaN stays NaN) */
 static inline float maxn(float a, float b) { return (a > b || a != a) ? a : b; }
 static inline float relu1(float v) { return v < 0.0f ? 0.0f : v; }
-
-#if MINIFW_X86
 
 #define DEF_ISA(SUF, ATTR, VW)                                                                 \
     typedef float SUF##_v __attribute__((vector_size(VW * 4)));                                 \
@@ -149,6 +149,7 @@ int minifw_isa(void)
     return 0;
 }
 
+#if MINIFW_X86
 /* the pixel block for a row of ow pixels: the PB (at most top, at least top/2 unless the
  * row is shorter) that computes the fewest pixels (ties: the larger) */
 static int pick_pb(int ow, int top)
@@ -198,6 +199,8 @@ static void store_row(const float *row, ptrdiff_t OW, ptrdiff_t F, ptrdiff_t FO,
                     df[q * sp] = src[q * step];
         }
 }
+
+#endif /* MINIFW_X86 */
 
 /*
  * x: (n, Hp, Wp, C) float32, contiguous, already zero-padded; w: (KH, KW, C, F) contiguous;

@@ -30,7 +30,6 @@ ENV = "MINIFW_NATIVE"
 VERSION = 4
 #: ISA codes of the C side, and their names
 ISA_NAMES = {1: "avx512", 2: "avx2"}
-_ISAS = ISA_NAMES
 
 _lock = threading.Lock()
 _loaded: list[Any] = []  # [Kernel or None] once tried
@@ -55,11 +54,11 @@ class Kernel:
             return self.best
         if v in ("0", "off", "no"):
             return 0
-        if v in _ISAS.values():
-            want = next(k for k, n in _ISAS.items() if n == v)
+        if v in ISA_NAMES.values():
+            want = next(k for k, n in ISA_NAMES.items() if n == v)
             if want < self.best:
                 raise BackendError(
-                    f"{ENV}={value!r}: this CPU has no {v} (it has {_ISAS[self.best]})"
+                    f"{ENV}={value!r}: this CPU has no {v} (it has {ISA_NAMES[self.best]})"
                 )
             return want
         raise BackendError(f"{ENV}={value!r}: expected one of 0, 1, auto, avx512, avx2 (or unset)")
@@ -158,7 +157,7 @@ def _load() -> Kernel | None:
     if version != VERSION:  # built from another version of _native.c: not called
         return None
     isa = int(lib.minifw_isa())
-    return Kernel(lib, isa) if isa in _ISAS else None
+    return Kernel(lib, isa) if isa in ISA_NAMES else None
 
 
 def loaded() -> Kernel | None:
